@@ -1,0 +1,170 @@
+"""MDPO's training objective and LLaDA's SFT objective as small pure functions (paper Sec. 2.1, 2.3, App. A).
+
+Paper -> code:
+    Eq. 1  (masked diffusion / SFT loss)      -> `masked_diffusion_loss`
+    Eq. 11 (= s_{t,k} of Eq. 6, step score)   -> `step_scores`
+    Eq. 6  (group-relative advantage)         -> `group_advantages`
+    App. A (train on the c steps of largest |A|) -> `select_steps`
+    Eq. 5  (clipped, weighted advantage Z)    -> `ratio`, `clipped_surrogate`, `clip_fraction` (logging)
+    Eq. 12 (k2 estimate of the KL)            -> `kl_k2`
+    Eq. 4  (MDPO objective, negated)          -> `mdpo_loss`; its log-probs come from `token_logp`
+
+Indexing convention (used by every file): a rollout has T steps in rollout order s = 0..T-1, noisy -> clean;
+rewards[:, s] = r(prediction made at step s), and the reward before the first step (the all-mask input) is 0.
+The paper's t counts down: rollout step s is paper step t = T - s, which reads x̄_t and produces x_{t-1}.
+
+Where this differs from the paper or the official code (github.com/autonomousvision/mdpo):
+1. Last step of Eq. 11: the mean over cleaner steps is empty there (1/0 in the paper); like the official
+   code we use R_{T-1} itself. The official score also adds a constant +1, which Eq. 6 removes; we omit it.
+2. Normalisation: Eq. 4 sums over steps and tokens and averages over the G rollouts; `mdpo_loss` averages
+   over the masked tokens of the whole update (`n_tokens`). The official code also weights the surrogate by
+   L / (number of masked tokens) per row and by the step's confidence; neither is in the paper, so we don't.
+3. Step selection: App. A picks the c steps of largest |A| per trajectory, which is what `select_steps`
+   does; the official code picks one set of c steps for the whole batch (largest |A| summed over rows).
+4. Greedy rollouts (temperature 0): the official code divides the logits by (0 + machine eps); we score
+   under the untempered model (temperature 1), see `token_logp`.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def step_scores(rewards):
+    """Eq. 11 (the s_{t,k} of Eq. 6): score of each denoising step from the rewards of its rollout.
+
+    rewards: (N, T) float, rewards[:, s] = r(prediction of step s), rollout order (noisy -> clean).
+    score_s = R_s - R_{s-1} + mean(R_{s+1}, ..., R_{T-1}) with R_{-1} = 0 (the all-mask input). The first part
+    rewards improving on the previous, noisier prediction; the second, steering toward clean states that
+    score well. For s = T-1 the mean is empty and we use R_{T-1}, as the authors' code does.
+    Returns (N, T).
+    """
+    N, T = rewards.shape
+    prev = torch.cat([torch.zeros_like(rewards[:, :1]), rewards[:, :-1]], dim=1)  # (N, T) R_{s-1}
+    suffix = rewards.flip(1).cumsum(1).flip(1)  # (N, T) sum of R_s..R_{T-1}
+    later_sum = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], dim=1)  # (N, T) sum of R_{s+1..T-1}
+    n_later = torch.arange(T - 1, -1, -1, device=rewards.device)  # (T,) T-1-s
+    later_mean = torch.where(n_later > 0, later_sum / n_later.clamp(min=1), rewards)  # (N, T)
+    return rewards - prev + later_mean  # (N, T)
+
+
+def group_advantages(scores, group_size, eps=1e-4):
+    """Eq. 6: A_{t,k} = (s_{t,k} - mean_k s_{t,k}) / (std_k s_{t,k} + eps), per step, within each group.
+
+    scores: (N, T) step scores, N = prompts * G with the G rollouts of a prompt in contiguous rows.
+    group_size: G (>= 2). std is unbiased (torch's default), as in the official code; eps = 1e-4 as there.
+    A group whose scores at a step are all equal gets A = 0 at that step (nothing to compare).
+    Returns (N, T).
+    """
+    N, T = scores.shape
+    if group_size < 2 or N % group_size != 0:
+        raise ValueError(f"mdpo.group_advantages: group_size={group_size} must be >= 2 and divide N={N}")
+    s = scores.view(N // group_size, group_size, T)  # (N/G, G, T)
+    centred = s - s.mean(dim=1, keepdim=True)  # (N/G, G, T)
+    adv = centred / (s.std(dim=1, keepdim=True) + eps)  # (N/G, G, T)
+    # We test equality exactly: the float mean of equal values can be off by one ulp, which would
+    # otherwise turn into a small non-zero advantage after dividing by eps.
+    all_equal = (s == s[:, :1]).all(dim=1, keepdim=True)  # (N/G, 1, T)
+    return torch.where(all_equal, torch.zeros_like(adv), adv).view(N, T)  # (N, T)
+
+
+def select_steps(adv, c=8):
+    """App. A: the c steps with the largest |A| per trajectory (both good and bad steps are trained on).
+
+    adv: (N, T) advantages; c: steps kept per trajectory (8 in the paper), clamped to T.
+    Returns LongTensor (N, c) of step indices, by decreasing |A|; ties go to the earlier step (stable sort),
+    so a row of zeros selects steps 0..c-1.
+    """
+    if c < 1:
+        raise ValueError(f"mdpo.select_steps: c={c} must be >= 1")
+    order = torch.sort(adv.abs(), dim=1, descending=True, stable=True).indices  # (N, T)
+    return order[:, : min(c, adv.shape[1])]  # (N, c)
+
+
+def token_logp(logits, targets, temperature=1.0):
+    """Log-prob of each target token, log p_theta(x_{t-1}^i | x̄_t), under softmax(logits / temperature).
+
+    logits: (B, L, V); targets: (B, L) long. Computed in float32 for stability. Temperature 0 (greedy) is
+    scored at temperature 1: greedy decoding's sampling distribution is a point mass, so we score the
+    untempered model instead. Use the rollout's temperature so the ratio of Eq. 5 is 1 at the first update.
+    Returns (B, L) float32.
+    """
+    if temperature < 0:
+        raise ValueError(f"mdpo.token_logp: temperature={temperature} must be >= 0")
+    logp_all = F.log_softmax(logits.float() / (temperature or 1.0), dim=-1)  # (B, L, V)
+    return logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L)
+
+
+def ratio(logp, old_logp):
+    """Eq. 5's importance ratio p_theta / p_theta_old per token. (B, L), (B, L) -> (B, L)."""
+    return torch.exp(logp - old_logp)
+
+
+def clipped_surrogate(logp, old_logp, adv, eps=0.2):
+    """Eq. 5: Z = min(rho * A, clip(rho, 1 - eps, 1 + eps) * A), rho = p_theta / p_theta_old, per token.
+
+    logp, old_logp: (B, L) log-probs of the rollout's tokens under the current and the rollout policy.
+    adv: advantage A of the step, (B, 1) or (B, L). eps: clip range (0.2 in the paper). Returns (B, L).
+    """
+    rho = ratio(logp, old_logp)  # (B, L)
+    return torch.minimum(rho * adv, rho.clamp(1 - eps, 1 + eps) * adv)  # (B, L)
+
+
+def kl_k2(logp, ref_logp):
+    """Eq. 12, k2 = (log d)^2 / 2 with d = p_ref / p_theta, per token. (B, L), (B, L) -> (B, L)."""
+    return 0.5 * (ref_logp - logp) ** 2
+
+
+def clip_fraction(logp, old_logp, adv, mask, eps=0.2):
+    """Fraction of the masked tokens whose Eq. 5 minimum is the clipped branch (for logging).
+
+    The clipped branch is active where clip(rho) * A < rho * A: its gradient is zero there.
+    logp, old_logp: (B, L); adv: (B, 1) or (B, L); mask: (B, L) bool. Returns a float scalar (0 if mask is empty).
+    """
+    rho = ratio(logp, old_logp).detach()  # (B, L)
+    clipped = (rho.clamp(1 - eps, 1 + eps) * adv < rho * adv) & mask  # (B, L)
+    return clipped.sum().float() / mask.sum().clamp(min=1)
+
+
+def mdpo_loss(logp, old_logp, ref_logp, adv, mask, eps=0.2, beta=0.08, n_tokens=None):
+    """Eq. 4 negated: -(sum over masked positions of Z - beta * k2) / n_tokens, for one denoising step.
+
+    logp: (B, L) log p_theta(x_{t-1}^i | x̄_t) with grad; old_logp: (B, L) the same under the rollout policy;
+    ref_logp: (B, L) under the frozen reference model (None allowed when beta == 0); adv: (B, 1) or (B, L);
+    mask: (B, L) bool, True where x̄_t was masked (only those positions carry a term, the indicator of Eq. 4).
+    eps = 0.2, beta = 0.08 as in the paper. n_tokens: the normaliser, default mask.sum() (at least 1).
+    A caller that accumulates gradients over micro-batches or selected steps passes the masked-token count
+    of the whole update, so the summed gradients are a mean over all its tokens; under DDP, which averages
+    gradients over W ranks, pass the global count divided by W. An empty mask gives 0 (with a graph).
+    Returns a scalar.
+    """
+    if beta != 0 and ref_logp is None:
+        raise ValueError("mdpo.mdpo_loss: ref_logp is None but beta != 0")
+    per_token = clipped_surrogate(logp, old_logp, adv, eps)  # (B, L)
+    if beta != 0:
+        per_token = per_token - beta * kl_k2(logp, ref_logp)  # (B, L)
+    if n_tokens is None:
+        n_tokens = mask.sum()
+    n_tokens = torch.as_tensor(n_tokens, dtype=per_token.dtype, device=per_token.device).clamp(min=1)
+    # torch.where, not a product with the mask, so a non-finite value at an unmasked position cannot leak in.
+    return -torch.where(mask, per_token, torch.zeros_like(per_token)).sum() / n_tokens
+
+
+def masked_diffusion_loss(model, x0, maskable, mask_id, attention_mask=None, generator=None, eps=1e-3):
+    """Eq. 1, LLaDA's SFT objective: mask a random fraction tau of the answer, predict it, weight by 1/tau.
+
+    model: callable, model(x, attention_mask=...).logits is (B, L, V). x0: (B, L) long, clean sequences.
+    maskable: (B, L) bool, True on answer tokens (False on the prompt, which is never masked; LLaDA counts
+    the EOS padding of the answer as answer). mask_id: tokenizer.mask_token_id. generator: draws tau (B,)
+    first, then u (B, L). p_mask = (1 - eps) * tau + eps keeps 1/p_mask finite; token i is masked if
+    maskable and u < p_mask. Per row: sum over masked tokens of CE / p_mask, divided by that row's number of
+    maskable tokens (LLaDA's SFT normalisation by answer length); then the mean over rows. Returns a scalar.
+    """
+    B, L = x0.shape
+    tau = torch.rand(B, generator=generator, device=x0.device)  # (B,)
+    p_mask = ((1 - eps) * tau + eps).unsqueeze(1)  # (B, 1)
+    u = torch.rand(B, L, generator=generator, device=x0.device)  # (B, L)
+    masked = maskable & (u < p_mask)  # (B, L)
+    x_noisy = torch.where(masked, torch.full_like(x0, mask_id), x0)  # (B, L)
+    logits = model(x_noisy, attention_mask=attention_mask).logits  # (B, L, V)
+    ce = -token_logp(logits, x0)  # (B, L)
+    weighted = torch.where(masked, ce / p_mask, torch.zeros_like(ce))  # (B, L)
+    return (weighted.sum(1) / maskable.sum(1).clamp(min=1)).mean()

@@ -1,0 +1,194 @@
+"""A tiny masked diffusion LM and two toy tasks, so every part of mdpo-ref runs on 2 CPU cores.
+
+What is here:
+- `ToyTokenizer`: character-level, with [PAD], [MASK], [EOS] and the two tags `<answer>`,
+  `</answer>` as single tokens. No chat template (prompts are used as they are).
+- `ToyConfig`, `ToyMDLM`: a small bidirectional transformer (no causal mask) that is a
+  `transformers.PreTrainedModel`, so `save_pretrained` / `from_pretrained` work and
+  `model(input_ids, attention_mask=...).logits` has the same interface as LLaDA.
+- `make_task`: deterministic toy problems that mirror the paper's two tasks and are scored by the
+  same reward functions as the real ones (rewards.py):
+    toy-countdown  "nums 3 5 7 -> 22"         ->  "3*5 = 15\n15+7 = 22\n<answer>(3*5)+7</answer>"
+    toy-arith      "a=3+4;b=a*2;b-5=?"        ->  "a = 7\nb = 14\nb-5 = 9\n\\boxed{9}"
+  Completions are 25-36 tokens, so the number of blocks and steps matters as it does for LLaDA.
+
+Positions are counted from the first non-pad token (position id = cumsum(attention_mask) - 1), so a
+left-padded row in a batch gives exactly what it gives alone.
+"""
+import json
+import random
+import zlib
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+SPECIALS = ["[PAD]", "[MASK]", "[EOS]", "<answer>", "</answer>"]
+CHARS = list("0123456789+-*/()=,.;:?> \n\\{}abcdefghijklmnopqrstuvwxyz")
+
+
+class ToyTokenizer:
+    """Characters plus a few multi-character special tokens; ids are fixed by SPECIALS + CHARS."""
+
+    def __init__(self):
+        self.vocab = SPECIALS + CHARS
+        self.ids = {tok: i for i, tok in enumerate(self.vocab)}
+        self.pad_token_id, self.mask_token_id, self.eos_token_id = 0, 1, 2
+        self.vocab_size = len(self.vocab)
+
+    def encode(self, text, add_special_tokens=False):
+        ids, i = [], 0
+        while i < len(text):
+            for tag in ("<answer>", "</answer>"):
+                if text.startswith(tag, i):
+                    ids.append(self.ids[tag])
+                    i += len(tag)
+                    break
+            else:
+                if text[i] not in self.ids:
+                    raise ValueError(f"toy tokenizer: character {text[i]!r} at offset {i} is not in the vocabulary")
+                ids.append(self.ids[text[i]])
+                i += 1
+        return ids
+
+    def decode(self, ids, skip_special_tokens=True):
+        ids = ids.tolist() if torch.is_tensor(ids) else ids
+        skip = {self.pad_token_id, self.mask_token_id, self.eos_token_id} if skip_special_tokens else set()
+        return "".join(self.vocab[i] for i in ids if i not in skip)
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [self.decode(r, skip_special_tokens) for r in rows]
+
+    def save_pretrained(self, path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "toy_tokenizer.json").write_text(json.dumps({"vocab": self.vocab}))
+
+    @classmethod
+    def from_pretrained(cls, path):
+        tok = cls()
+        saved = json.loads((Path(path) / "toy_tokenizer.json").read_text())["vocab"]
+        if saved != tok.vocab:
+            raise ValueError(f"{path}/toy_tokenizer.json: vocabulary differs from this version of toy.py")
+        return tok
+
+
+class ToyConfig(PretrainedConfig):
+    model_type = "mdpo-toy"
+
+    def __init__(self, vocab_size=len(SPECIALS) + len(CHARS), d_model=128, n_layers=3, n_heads=4,
+                 max_len=128, mask_token_id=1, **kwargs):
+        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
+        self.n_heads, self.max_len, self.mask_token_id = n_heads, max_len, mask_token_id
+        super().__init__(**kwargs)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block with full (bidirectional) self-attention."""
+
+    def __init__(self, d, h):
+        super().__init__()
+        self.h = h
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x, key_mask):  # x (B, L, D), key_mask (B, 1, 1, L) bool or None
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.h, D // self.h).permute(2, 0, 3, 1, 4)  # each (B, h, L, D/h)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, h, L, D/h)
+        x = x + self.proj(a.transpose(1, 2).reshape(B, L, D))
+        return x + self.mlp(self.ln2(x))
+
+
+class ToyMDLM(PreTrainedModel):
+    """Mask predictor p_theta(x_0 | x_bar_t): embeddings -> n_layers blocks -> logits over the vocabulary."""
+
+    config_class = ToyConfig
+    base_model_prefix = "toy"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.tok = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos = nn.Embedding(config.max_len, config.d_model)
+        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads) for _ in range(config.n_layers))
+        self.ln = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        if attention_mask is None:
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, L)
+            key_mask = None
+        else:
+            pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+            key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        if input_ids.shape[1] > self.config.max_len:
+            raise ValueError(f"toy model: sequence of {input_ids.shape[1]} tokens > max_len {self.config.max_len}")
+        x = self.tok(input_ids) + self.pos(pos)  # (B, L, D)
+        for block in self.blocks:
+            x = block(x, key_mask)
+        return MaskedLMOutput(logits=self.head(self.ln(x)))  # (B, L, V)
+
+
+def _countdown_example(rng):
+    """Three numbers 1..9 and a target made by ((a o b) o c); every intermediate an integer in 1..99."""
+    while True:
+        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+        o1, o2 = rng.choice("+-*/"), rng.choice("+-*/")
+        first = _apply(a, o1, b)
+        second = None if first is None else _apply(first, o2, c)
+        if second is not None:
+            break
+    nums = [a, b, c]
+    rng.shuffle(nums)
+    prompt = f"nums {' '.join(map(str, nums))} -> {second}"
+    completion = f"{a}{o1}{b} = {first}\n{first}{o2}{c} = {second}\n<answer>({a}{o1}{b}){o2}{c}</answer>"
+    return {"prompt": prompt, "numbers": nums, "target": second, "completion": completion}
+
+
+def _apply(x, op, y):
+    r = {"+": x + y, "-": x - y, "*": x * y, "/": x // y if x % y == 0 else None}[op]
+    return r if r is not None and 1 <= r <= 99 else None
+
+
+def _arith_example(rng):
+    """Two assignments and a final operation; the answer is boxed like a MATH solution."""
+    x, y, k, z = rng.randint(1, 9), rng.randint(1, 9), rng.randint(2, 4), rng.randint(1, 9)
+    o1, o3 = rng.choice("+-"), rng.choice("+-")
+    a = x + y if o1 == "+" else x - y
+    b = a * k
+    ans = b + z if o3 == "+" else b - z
+    prompt = f"a={x}{o1}{y};b=a*{k};b{o3}{z}=?"
+    completion = f"a = {a}\nb = {b}\nb{o3}{z} = {ans}\n\\boxed{{{ans}}}"
+    return {"prompt": prompt, "answer": str(ans), "completion": completion}
+
+
+TASKS = {"toy-countdown": _countdown_example, "toy-arith": _arith_example}
+
+
+def make_task(name, n, seed=0, split="train"):
+    """n distinct examples of toy task `name`, the same list for the same seed.
+
+    A problem belongs to the test split when a hash of its prompt is 0 mod 5, so the train and test
+    splits never share a problem whatever the seeds."""
+    if name not in TASKS:
+        raise ValueError(f"unknown toy task {name!r}; choose from {sorted(TASKS)}")
+    rng, seen, out = random.Random(f"{name}-{split}-{seed}"), set(), []
+    for _ in range(50 * n + 10_000):
+        ex = TASKS[name](rng)
+        in_test = zlib.crc32(ex["prompt"].encode()) % 5 == 0
+        if ex["prompt"] not in seen and in_test == (split == "test"):
+            seen.add(ex["prompt"])
+            out.append(ex)
+            if len(out) == n:
+                return out
+    raise ValueError(f"{name}: could not draw {n} distinct {split} problems (found {len(out)})")
