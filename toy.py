@@ -78,7 +78,7 @@ class ToyTokenizer:
 class ToyConfig(PretrainedConfig):
     model_type = "mdpo-toy"
 
-    def __init__(self, vocab_size=len(SPECIALS) + len(CHARS), d_model=128, n_layers=3, n_heads=4,
+    def __init__(self, vocab_size=len(SPECIALS) + len(CHARS), d_model=128, n_layers=2, n_heads=4,
                  max_len=128, mask_token_id=1, **kwargs):
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.n_heads, self.max_len, self.mask_token_id = n_heads, max_len, mask_token_id

@@ -1,0 +1,175 @@
+"""train.py: DDP gradients, kill-and-resume, a short MDPO run, bad input.  pytest -q tests/test_train.py"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from argparse import Namespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import toy
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+
+def fake_items(n_items, seed=0, b=3, P=5, L=8, V=59, mask_id=1):
+    """Micro-batches shaped like train.mdpo_micro_batches' output, with fixed random content."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for _ in range(n_items):
+        x = torch.randint(5, V, (b, P + L), generator=g)
+        mask = torch.rand(b, L, generator=g) < 0.5
+        x[:, P:][mask] = mask_id
+        items.append(dict(x=x, attn=torch.ones(b, P + L, dtype=torch.long), targets=torch.randint(5, V, (b, L), generator=g),
+                          mask=mask, adv=torch.randn(b, 1, generator=g), old_logp=None, P=P))
+    return items
+
+
+ARGS = Namespace(temperature=0.7, inner_steps=1, eps=0.2, beta=0.0)
+
+
+def grads_after(model, items, world, n_tokens):
+    loss_of = lambda it: train.mdpo_loss_fn(model, it, ARGS, n_tokens)  # noqa: E731
+    train.backward_micro_batches(model, items, loss_of, world, False, torch.device("cpu"))
+    return {k: v.grad.clone() for k, v in (model.module if world > 1 else model).named_parameters()}
+
+
+def ddp_worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)))
+    items = fake_items(4)
+    n_tokens = sum(it["mask"].sum().item() for it in items) / world  # global count / W: DDP averages
+    g = grads_after(model, items[2 * rank: 2 * rank + 2], world, n_tokens)  # 2 micro-steps on each rank
+    torch.save(g, os.path.join(out_dir, f"grads{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
+    mp.spawn(ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
+    items = fake_items(4)
+    single = grads_after(model, items, 1, sum(it["mask"].sum().item() for it in items))  # 4 micro-steps
+    for rank in range(2):
+        ddp = torch.load(tmp_path / f"grads{rank}.pt")
+        assert single.keys() == ddp.keys()
+        for k in single:
+            torch.testing.assert_close(ddp[k], single[k], rtol=1e-5, atol=1e-7)
+    assert any(v.abs().sum() > 0 for v in single.values())
+
+
+def run_train(*argv, wait=True):
+    cmd = [sys.executable, str(ROOT / "train.py"), *map(str, argv)]
+    if wait:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def logged_steps(out):
+    path = out / "log.jsonl"
+    lines = path.read_text().splitlines()[1:] if path.exists() else []
+    return [json.loads(line)["step"] for line in lines if line.strip()]
+
+
+def test_kill_and_resume_gives_the_same_weights(tmp_path):
+    common = ["--algo", "sft", "--task", "toy-arith", "--max-updates", 12, "--micro-batch", 8, "--n-train", 50,
+              "--save-every", 2]
+    run_train(*common, "--out", tmp_path / "a")
+    proc = run_train(*common, "--out", tmp_path / "b", wait=False)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(logged_steps(tmp_path / "b")) < 4 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = logged_steps(tmp_path / "b")
+    assert 4 <= len(killed_at) < 12, f"the run was not killed mid-way: {killed_at}"
+    saved = torch.load(tmp_path / "b" / "last" / "trainer_state.pt", weights_only=False)["step"]
+    assert 2 <= saved < 12  # the resumed run starts from a checkpoint, not from scratch
+    run_train(*common, "--out", tmp_path / "b", "--resume")
+    assert logged_steps(tmp_path / "b") == list(range(1, 13))  # no step lost or repeated in the log
+    a = toy.ToyMDLM.from_pretrained(tmp_path / "a" / "last").state_dict()
+    b = toy.ToyMDLM.from_pretrained(tmp_path / "b" / "last").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    init = toy.ToyMDLM.from_pretrained(tmp_path / "a" / "init").state_dict()
+    assert not all(torch.equal(a[k], init[k]) for k in a)  # training did change the weights
+
+
+class PositionLogits(torch.nn.Module):
+    """A policy that ignores its input: one free row of logits per position. Every position is nearly
+    certain of the reference completion's token, except the two operators inside <answer>, where
+    '+' (right) and '-' (wrong) are equally likely: a rollout is correct with probability 1/4."""
+
+    def __init__(self, tok, example, prompt_len, gen_length):
+        super().__init__()
+        completion = tok.encode(example["completion"])
+        completion += [tok.eos_token_id] * (gen_length - len(completion))
+        table = torch.zeros(prompt_len + gen_length, tok.vocab_size)
+        table[torch.arange(prompt_len, prompt_len + gen_length), completion] = 12.0
+        start = completion.index(tok.ids["<answer>"])
+        for i in range(start, start + 8):
+            if completion[i] == tok.ids["+"]:
+                table[prompt_len + i, tok.ids["+"]] = table[prompt_len + i, tok.ids["-"]] = 12.0
+        self.table = torch.nn.Parameter(table)
+        self.device = torch.device("cpu")
+
+    def forward(self, x, attention_mask=None):
+        return Namespace(logits=self.table[: x.shape[1]].expand(x.shape[0], -1, -1))
+
+
+def test_short_seeded_mdpo_run_raises_the_reward(tok):
+    example = {"prompt": "nums 1 2 3 -> 6", "numbers": [1, 2, 3], "target": 6,
+               "completion": "1+2 = 3\n3+3 = 6\n<answer>(1+2)+3</answer>"}
+    args = Namespace(task="toy-countdown", group_size=8, gen_length=40, block_lengths=[40, 10], steps=20,
+                     remasking="lcr", temperature=1.0, top_c=4, micro_batch=32, eps=0.2, beta=0.0, inner_steps=1)
+    torch.manual_seed(0)
+    model = PositionLogits(tok, example, len(tok.encode(example["prompt"])), args.gen_length)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.5)
+    gen, curve = torch.Generator().manual_seed(0), []
+    for update in range(12):
+        stats = {}
+        items = train.mdpo_micro_batches(model, None, tok, [example] * 4, args, tok.mask_token_id, update, gen, stats)
+        n_tokens = sum(it["mask"].sum().item() for it in items)
+        train.backward_micro_batches(model, items, lambda it: train.mdpo_loss_fn(model, it, args, n_tokens), 1,
+                                     False, torch.device("cpu"))
+        optimizer.step()
+        optimizer.zero_grad()
+        curve.append(stats["reward"])
+    # right answer 1.0, wrong answer 0.1: about 0.1 + 0.9 / 4 = 0.33 at the start
+    assert sum(curve[:3]) / 3 < 0.6 and sum(curve[-3:]) / 3 > 0.9, curve
+
+
+def test_malformed_training_file_is_a_clear_error(tmp_path, tok):
+    (tmp_path / "bad.csv").write_text(',Problem,Solution\n0,"What is 1+1?",2\n1,"What is 2+2?",\n')
+    toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).save_pretrained(tmp_path / "ck")
+    tok.save_pretrained(tmp_path / "ck")
+    with pytest.raises(ValueError, match=r'bad.csv:3: missing "Solution"'):
+        train.main(["--model", str(tmp_path / "ck"), "--task", "math500", "--train-file", str(tmp_path / "bad.csv"),
+                    "--out", str(tmp_path / "run"), "--beta", "0"])
+
+
+@pytest.mark.parametrize("algo", ["sft"])
+def test_torchrun_fsdp_matches_ddp(tmp_path, algo):
+    """Two gloo processes: FSDP2 (fully_shard) and DDP take the same updates."""
+    common = ["--algo", algo, "--task", "toy-arith", "--max-updates", 3, "--micro-batch", 8, "--n-train", 40]
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "train.py"), *map(str, common), "--out", str(tmp_path / name), *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert logged_steps(tmp_path / name) == [1, 2, 3]
+    ddp = toy.ToyMDLM.from_pretrained(tmp_path / "ddp" / "last").state_dict()
+    fsdp = toy.ToyMDLM.from_pretrained(tmp_path / "fsdp" / "last").state_dict()
+    init = toy.ToyMDLM.from_pretrained(tmp_path / "ddp" / "init").state_dict()
+    for k in ddp:
+        torch.testing.assert_close(fsdp[k], ddp[k], rtol=1e-4, atol=1e-5)
+    assert not all(torch.equal(ddp[k], init[k]) for k in ddp)
