@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
 
 from remask import (low_confidence_scores, random_scores, remask, running_confidence_scores,
                     tokens_per_step, update_latest, update_running_max)
@@ -141,8 +142,6 @@ def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_cod
 
     LLaDA-8B-Instruct ships its own modelling code: it loads only with trust_remote_code=True.
     """
-    import transformers
-
     import toy
     if (Path(name_or_path) / "toy_tokenizer.json").exists():
         model = toy.ToyMDLM.from_pretrained(name_or_path, dtype=dtype)
@@ -215,6 +214,7 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seed for temperature > 0")
     p.add_argument("--show", action="store_true", help="print every denoising step ('_' = [MASK])")
     args = p.parse_args()
+    transformers.utils.logging.disable_progress_bar()
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model, tokenizer = load_model(args.model, args.device, dtype, args.trust_remote_code)
     mask_id = resolve_mask_id(tokenizer, model, args.mask_id)

@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -51,9 +50,10 @@ p.add_argument("--train-file", default=None, help="training prompts (.jsonl/.csv
                "subset ../shared/data/math_overdenoising_llada_epoch1.csv; toy tasks generate their own")
 p.add_argument("--eval-data", default=None, help="held-out set for --eval-every (default: the task's test file)")
 p.add_argument("--n-train", type=int, default=2000, help="toy training problems to generate")
-p.add_argument("--n-eval", type=int, default=200, help="held-out problems scored by --eval-every and the final table")
+p.add_argument("--n-eval", type=int, default=500, help="held-out problems scored by --eval-every and the final table")
 p.add_argument("--prefilter", default=None, choices=["none", "overdenoise"], help="keep only prompts that are correct "
-               "at some intermediate step but wrong at the end under greedy decoding (Section 3.3; toy default)")
+               "at some intermediate step but wrong at the end under greedy decoding (Section 3.3; default none: "
+               "on the toy it overfits the few hundred prompts it keeps, see README)")
 # algorithm
 p.add_argument("--algo", default="mdpo", choices=["sft", "mdpo"], help="sft = Eq. 1 on reference completions; mdpo")
 # rollouts
@@ -64,14 +64,14 @@ p.add_argument("--remasking", default="lcr", choices=sample.REMASKING, help="rem
 p.add_argument("--temperature", type=float, default=None, help="rollout temperature > 0 (authors 0.4; toy 0.7)")
 # MDPO
 p.add_argument("--group-size", type=int, default=8, help="G rollouts per prompt (paper 8)")
-p.add_argument("--prompts-per-update", type=int, default=None, help="prompts per update over all ranks (paper 16 x G 8 = 128; toy 16)")
+p.add_argument("--prompts-per-update", type=int, default=None, help="prompts per update over all ranks (paper 16 x G 8 = 128; toy 8)")
 p.add_argument("--top-c", type=int, default=8, help="c steps of largest |A| trained per rollout (paper 8)")
 p.add_argument("--eps", type=float, default=0.2, help="clip range of Eq. 5 (paper 0.2)")
 p.add_argument("--beta", type=float, default=None, help="KL weight of Eq. 4 (paper 0.08; toy 0.01)")
 p.add_argument("--inner-steps", type=int, default=1, help="mu optimiser steps per batch of rollouts (paper 1)")
 # optimisation
 p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (paper 7e-7; toy MDPO 3e-4, toy SFT 2e-3)")
-p.add_argument("--max-updates", type=int, default=None, help="optimiser updates (paper 100; toy MDPO 40, toy SFT 1500)")
+p.add_argument("--max-updates", type=int, default=None, help="optimiser updates (paper 100; toy MDPO 120, toy SFT 1500)")
 p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"], help="constant (paper) or cosine "
                "decay to 0 over --max-updates (toy SFT)")
 p.add_argument("--micro-batch", type=int, default=64, help="sequences per forward/backward; the rest is accumulated")
@@ -85,11 +85,11 @@ p.add_argument("--eval-every", type=int, default=0, help="score the held-out set
 p.add_argument("--plot", action="store_true", help="render log.jsonl to OUT/plot.png at the end")
 p.add_argument("--seed", type=int, default=0, help="base seed (each rank adds its rank)")
 
-TOY = dict(gen_length=40, block_lengths="10,40", steps=20, temperature=0.7, prompts_per_update=16, beta=0.01,
-           prefilter="overdenoise")
+TOY = dict(gen_length=40, block_lengths="10,40", steps=20, temperature=0.7, prompts_per_update=8, beta=0.01,
+           prefilter="none")
 PAPER = dict(gen_length=512, block_lengths="128,512", steps=128, temperature=0.4, prompts_per_update=16, beta=0.08,
              prefilter="none", lr=7e-7, max_updates=100, lr_schedule="constant")
-TOY_ALGO = {"mdpo": dict(lr=3e-4, max_updates=40, lr_schedule="constant"),
+TOY_ALGO = {"mdpo": dict(lr=3e-4, max_updates=120, lr_schedule="constant"),
             "sft": dict(lr=2e-3, max_updates=1500, lr_schedule="cosine")}
 
 
@@ -131,25 +131,18 @@ def all_sum(values, device):
 
 def print0(*a):
     if int(os.environ.get("RANK", 0)) == 0:
-        tqdm.write(" ".join(str(x) for x in a))
-
-
-def load_training_examples(args):
-    if args.train_file:
-        return evaluation.load_examples(args.task, args.train_file)
-    if args.task.startswith("toy"):
-        return toy.make_task(args.task, args.n_train, args.seed, split="train")
-    raise ValueError(f"--task {args.task}: pass --train-file with the training prompts")
+        tqdm.write(" ".join(map(str, a)))
 
 
 def accuracy(model, tok, examples, args, mask_id, remasking, block_length, rank, world):
     """Greedy accuracy on examples, each rank scoring its shard. Returns (accuracy, step rewards of this shard).
     Shards are padded to equal length (the padding is not counted), so every rank runs the same forwards."""
     shard = examples[rank::world]
-    rows = evaluation.evaluate(model, tok, shard + examples[: math.ceil(len(examples) / world) - len(shard)], args.task, gen_length=args.gen_length,
-                               block_length=block_length, steps=args.steps, remasking=remasking, mask_id=mask_id,
-                               trajectory=True, progress=False, batch_size=max(args.micro_batch, 64))[: len(shard)]
-    correct, n = all_sum([sum(r["correct"] for r in rows), len(rows)], model.device if hasattr(model, "device") else "cpu")
+    padded = shard + examples[: math.ceil(len(examples) / world) - len(shard)]
+    rows = evaluation.evaluate(model, tok, padded, args.task, gen_length=args.gen_length, block_length=block_length,
+                               steps=args.steps, remasking=remasking, mask_id=mask_id, trajectory=True,
+                               progress=False, batch_size=max(args.micro_batch, 64))[: len(shard)]
+    correct, n = all_sum([sum(r["correct"] for r in rows), len(rows)], next(model.parameters()).device)
     return correct / max(n, 1), torch.tensor([r["step_rewards"] for r in rows]).reshape(len(rows), args.steps)
 
 
@@ -197,7 +190,7 @@ def rollouts(raw, tok, examples, args, mask_id, update, gen):
 
 
 def mdpo_micro_batches(model, ref, tok, examples, args, mask_id, update, gen, stats):
-    """Rollouts -> rewards -> Eq. 11 -> Eq. 6 -> top-c steps; yields (loss function, n masked tokens) per micro-batch."""
+    """Rollouts -> rewards -> Eq. 11 -> Eq. 6 -> top-c steps -> micro-batches of (x_bar_t, x_{t-1}, A) to train on."""
     t0 = time.time()
     raw = model.module if isinstance(model, DDP) else model
     ids, attn, x_bar, x_pred, old_logp, texts = rollouts(raw, tok, examples, args, mask_id, update, gen)
@@ -208,21 +201,17 @@ def mdpo_micro_batches(model, ref, tok, examples, args, mask_id, update, gen, st
     stats.update(rollout_s=t1 - t0, reward_s=time.time() - t1, reward=R[:, -1].mean().item(),
                  accuracy=(R[:, -1] == 1).float().mean().item(), adv_abs=adv.gather(1, sel).abs().mean().item(),
                  adv_nonzero=(adv.gather(1, sel) != 0).float().mean().item())
-    n_idx = torch.arange(len(sel)).repeat_interleave(sel.shape[1])  # (N * c,)
-    s_idx = sel.reshape(-1)  # (N * c,)
-    P = ids.shape[1]
-    items = []
-    for chunk in torch.split(torch.arange(len(n_idx)), args.micro_batch):
-        n, s = n_idx[chunk].to(ids.device), s_idx[chunk].to(ids.device)
-        x = torch.cat([ids[n], x_bar[s, n]], 1)  # (b, P+L)
-        mask = x_bar[s, n] == mask_id  # (b, L)
-        items.append(dict(x=x, attn=attn[n], targets=x_pred[s, n], mask=mask, adv=adv[n.cpu(), s.cpu()].to(x.device)[:, None],
-                          old_logp=old_logp[s, n], P=P))
-    for it in items:
+    P, items, adv = ids.shape[1], [], adv.to(ids.device)
+    n_idx = torch.arange(len(sel), device=ids.device).repeat_interleave(sel.shape[1])  # (N * c,) rollout
+    s_idx = sel.reshape(-1).to(ids.device)  # (N * c,) its selected step
+    for n, s in zip(n_idx.split(args.micro_batch), s_idx.split(args.micro_batch)):
+        it = dict(x=torch.cat([ids[n], x_bar[s, n]], 1), attn=attn[n], targets=x_pred[s, n], P=P,  # (b, P+L), (b, L)
+                  mask=x_bar[s, n] == mask_id, adv=adv[n, s][:, None], old_logp=old_logp[s, n])  # (b, L), (b, 1)
         if ref is not None:
             with torch.no_grad():
-                it["ref_logp"] = mdpo.token_logp(ref(it["x"], attention_mask=it["attn"]).logits[:, P:], it["targets"],
-                                                 args.temperature)
+                ref_logits = ref(it["x"], attention_mask=it["attn"]).logits[:, P:]  # (b, L, V)
+                it["ref_logp"] = mdpo.token_logp(ref_logits, it["targets"], args.temperature)
+        items.append(it)
     return items
 
 
@@ -283,10 +272,7 @@ def save_checkpoint(path, model, tok, optimizer, state, master):
 
 def last_checkpoint(out):
     """OUT/last, or OUT/last.old if a crash hit between the two renames of save_checkpoint."""
-    for name in ("last", "last.old"):
-        if (Path(out) / name / "trainer_state.pt").exists():
-            return Path(out) / name
-    return None
+    return next((Path(out) / n for n in ("last", "last.old") if (Path(out) / n / "trainer_state.pt").exists()), None)
 
 
 def train(args, rank, world, device):
@@ -310,7 +296,10 @@ def train(args, rank, world, device):
     ref = None
     if args.algo == "mdpo" and args.beta > 0:
         ref = sample.load_model(args.model, device, dtype, args.trust_remote_code)[0].requires_grad_(False)
-    examples = load_training_examples(args)
+    if not args.train_file and not args.task.startswith("toy"):
+        raise ValueError(f"--task {args.task}: pass --train-file with the training prompts")
+    examples = (evaluation.load_examples(args.task, args.train_file) if args.train_file
+                else toy.make_task(args.task, args.n_train, args.seed, split="train"))
     eval_examples = evaluation.load_examples(args.task, args.eval_data, limit=args.n_eval, seed=args.seed)
     if args.algo == "mdpo" and args.prefilter == "overdenoise":
         model.eval()
@@ -387,12 +376,10 @@ def train(args, rank, world, device):
             model.eval()
             stats["eval_accuracy"] = accuracy(model, tok, eval_examples, args, mask_id, "lcr", args.block_lengths[0], rank, world)[0]
             model.train()
-        gens = [None] * world
-        if world > 1:
-            dist.all_gather_object(gens, gen.get_state())
-        else:
-            gens = [gen.get_state()]
         if step % args.save_every == 0 or step == args.max_updates or "eval_accuracy" in stats:
+            gens = [gen.get_state()] * world
+            if world > 1:
+                dist.all_gather_object(gens, gen.get_state())
             state = {"gen": gens, "step": step, "pos": pos, "best": max(best, stats.get("eval_accuracy", -1.0))}
             save_checkpoint(out / "last", model, tok, optimizer, state, master)
             if master and stats.get("eval_accuracy", -1.0) > best:
@@ -404,8 +391,6 @@ def train(args, rank, world, device):
         best = max(best, stats.get("eval_accuracy", -1.0))
         bar.set_postfix({k: f"{stats[k]:.3f}" for k in ("loss", "reward", "eval_accuracy") if k in stats})
         bar.update(1)
-        if world > 1:
-            dist.barrier()
     bar.close()
     return out / "last"
 
@@ -431,8 +416,10 @@ def plot(log_path, png):
     keys = [k for k in ("loss", "reward", "accuracy", "eval_accuracy", "kl", "adv_nonzero") if any(k in r for r in rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
     for ax, k in zip(list(axes) if len(keys) > 1 else [axes], keys):
-        pts = [(r["step"], r[k]) for r in rows if k in r]
-        ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None)
+        steps, values = zip(*[(r["step"], r[k]) for r in rows if k in r])
+        ax.plot(steps, values, alpha=0.4, marker="." if len(steps) < 30 else None)
+        smooth = [sum(values[max(0, i - 9):i + 1]) / len(values[max(0, i - 9):i + 1]) for i in range(len(values))]
+        ax.plot(steps, smooth, color="C0")  # running mean over 10 updates
         ax.set_title(k)
         ax.set_xlabel("update")
     fig.tight_layout()
@@ -443,14 +430,11 @@ def main(argv=None):
     args = resolve(p.parse_args(argv))
     transformers.utils.logging.disable_progress_bar()
     rank, _, world, device = setup_distributed()
-    random.seed(args.seed + rank)
     try:
-        if args.model == "toy" and args.algo == "mdpo":  # the toy pipeline: SFT base (cached), then MDPO
-            base = Path(args.out).parent / "toy-base"
-            if last_checkpoint(base) is None or json.loads((base / "log.jsonl").read_text().splitlines()[-1]).get("step") != TOY_ALGO["sft"]["max_updates"]:
-                sft = resolve(p.parse_args(["--algo", "sft", "--task", args.task, "--out", str(base), "--seed", str(args.seed),
-                                            "--resume"]))
-                train(sft, rank, world, device)
+        if args.model == "toy" and args.algo == "mdpo":  # the toy pipeline: SFT base, then MDPO
+            base = Path(args.out).parent / "toy-base"  # cached: a finished base resumes into nothing to do
+            sft = ["--algo", "sft", "--task", args.task, "--out", str(base), "--seed", str(args.seed), "--resume"]
+            train(resolve(p.parse_args(sft)), rank, world, device)
             args.model = str(base / "last")
         final = train(args, rank, world, device)
         if args.algo == "mdpo" and args.task.startswith("toy"):

@@ -1,6 +1,6 @@
 """eval.py: data loading and its errors, over-denoising statistics, evaluate() and the CLI end to end.
 
-Run: cd /work/main && python -m pytest -q tests/test_eval.py   (CPU, about 20 s)
+Run: pytest -q tests/test_eval.py   (CPU, about 20 s)
 """
 import csv
 import json

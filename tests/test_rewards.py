@@ -1,6 +1,6 @@
 """Tests for rewards.py: math-verify rewards, countdown rewards, hostile inputs, trajectory scoring.
 
-Run: cd /work/main && python -m pytest -q tests/test_rewards.py   (CPU, about 15 s; -s prints calls/s)
+Run: pytest -q tests/test_rewards.py   (CPU, about 15 s; -s prints calls/s)
 """
 import concurrent.futures
 import itertools
