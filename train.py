@@ -363,6 +363,7 @@ def train(args, rank, world, device):
             if math.isfinite(totals[0]) and torch.isfinite(grad_norm):
                 optimizer.step()
             else:
+                stats["skipped"] = True
                 print0(f"step {step}: non-finite loss {totals[0]} or grad norm {grad_norm.item()}, update skipped")
             optimizer.zero_grad(set_to_none=True)
         step += 1

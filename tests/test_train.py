@@ -83,8 +83,11 @@ def logged_steps(out):
 
 def test_kill_and_resume_gives_the_same_weights(tmp_path):
     common = ["--algo", "sft", "--task", "toy-arith", "--max-updates", 12, "--micro-batch", 8, "--n-train", 50,
-              "--save-every", 2]
-    run_train(*common, "--out", tmp_path / "a")
+              "--save-every", 2, "--eval-every", 6, "--n-eval", 8]
+    run_train(*common, "--out", tmp_path / "a", "--plot")
+    assert (tmp_path / "a" / "plot.png").stat().st_size > 0 and (tmp_path / "a" / "best" / "trainer_state.pt").exists()
+    rows = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()[1:]]
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [6, 12]
     proc = run_train(*common, "--out", tmp_path / "b", wait=False)
     deadline = time.time() + 240
     while time.time() < deadline and len(logged_steps(tmp_path / "b")) < 4 and proc.poll() is None:
@@ -173,3 +176,41 @@ def test_torchrun_fsdp_matches_ddp(tmp_path, algo):
     for k in ddp:
         torch.testing.assert_close(fsdp[k], ddp[k], rtol=1e-4, atol=1e-5)
     assert not all(torch.equal(ddp[k], init[k]) for k in ddp)
+
+
+def test_prefilter_keeps_the_over_denoised_prompts_and_caches_them(tmp_path, monkeypatch, tok):
+    examples = [{"prompt": str(i), "answer": str(i)} for i in range(4)]
+    step_rewards = {10: torch.tensor([[0., 1, 1, 0], [0, 0, 0, 1], [1, 0, 1, 0], [0, 0, 0, 0]]),  # rows 0, 2 over-denoised
+                    40: torch.tensor([[0., 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])}  # row 1
+    monkeypatch.setattr(train, "accuracy", lambda m, t, ex, a, mid, rem, block, r, w: (0.0, step_rewards[block]))
+    args = Namespace(out=str(tmp_path), block_lengths=[10, 40])
+    kept = train.prefilter(None, tok, examples, args, 1, 0, 1)
+    assert [ex["prompt"] for ex in kept] == ["0", "1", "2"]  # over-denoised under either block size
+    monkeypatch.setattr(train, "accuracy", None)  # a second call must read the cache
+    assert train.prefilter(None, tok, examples, args, 1, 0, 1) == kept
+
+
+def test_inner_steps_use_the_rollout_log_probs_and_clip(tok):
+    torch.manual_seed(0)
+    model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
+    it = fake_items(1)[0]
+    with torch.no_grad():
+        logp = train.mdpo.token_logp(model(it["x"]).logits[:, it["P"]:], it["targets"], ARGS.temperature)
+    it["old_logp"] = logp - 0.5 * it["adv"].sign()  # ratio e^0.5 = 1.65 > 1.2 where A > 0, 0.61 < 0.8 where A < 0
+    n = it["mask"].sum().item()
+    _, _, clipped = train.mdpo_loss_fn(model, it, Namespace(**{**vars(ARGS), "inner_steps": 2}), n)
+    assert clipped == n  # every masked token sits in the clipped branch
+    _, _, clipped = train.mdpo_loss_fn(model, it, ARGS, n)  # mu = 1: ratio 1, nothing clipped
+    assert clipped == 0
+
+
+def test_non_finite_loss_skips_the_update_and_logs_it(tmp_path, monkeypatch):
+    real = train.mdpo.masked_diffusion_loss
+    monkeypatch.setattr(train.mdpo, "masked_diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    train.main(["--algo", "sft", "--task", "toy-arith", "--max-updates", "2", "--micro-batch", "4", "--n-train", "8",
+                "--n-eval", "4", "--out", str(tmp_path)])
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()[1:]]
+    assert [r.get("skipped") for r in rows] == [True, True]
+    last = toy.ToyMDLM.from_pretrained(tmp_path / "last").state_dict()
+    init = toy.ToyMDLM.from_pretrained(tmp_path / "init").state_dict()
+    assert all(torch.equal(last[k], init[k]) for k in last)  # no update was applied
