@@ -95,9 +95,7 @@ TOY_ALGO = {"mdpo": dict(lr=3e-4, max_updates=120, lr_schedule="constant"),
 
 def resolve(args):
     """Fill the flags left unset with the toy or the paper's values."""
-    is_toy = args.task.startswith("toy")
-    defaults = {**TOY, **TOY_ALGO[args.algo]} if is_toy else PAPER
-    for key, value in defaults.items():
+    for key, value in ({**TOY, **TOY_ALGO[args.algo]} if args.task.startswith("toy") else PAPER).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.block_lengths = [int(b) for b in str(args.block_lengths).split(",")]
@@ -108,11 +106,11 @@ def setup_distributed():
     """(rank, local rank, world size, device) from torchrun's variables; one plain process without them."""
     if "RANK" not in os.environ:
         return 0, 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    local = int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    local, cuda = int(os.environ["LOCAL_RANK"]), torch.cuda.is_available()
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)  # before init, so nccl binds this rank to its GPU
+    dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_rank(), local, dist.get_world_size(), device
 
 
@@ -277,9 +275,8 @@ def last_checkpoint(out):
 
 def train(args, rank, world, device):
     """Run --algo on --model; returns the path of the final weights."""
-    master, out = rank == 0, Path(args.out)
+    master, out, dtype = rank == 0, Path(args.out), torch.bfloat16 if device.type == "cuda" else torch.float32
     out.mkdir(parents=True, exist_ok=True)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     resume_from = last_checkpoint(out) if args.resume else None
     start = resume_from or args.model
     if args.model == "toy" and resume_from is None:
