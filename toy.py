@@ -108,6 +108,7 @@ class ToyMDLM(PreTrainedModel):
 
     config_class = ToyConfig
     base_model_prefix = "toy"
+    _no_split_modules = ["Block"]  # the unit FSDP shards (train.py --fsdp), as in HF models
 
     def __init__(self, config):
         super().__init__(config)

@@ -305,9 +305,9 @@ def train(args, rank, world, device):
         print0(f"pre-filter: {len(examples)} over-denoised training prompts kept")
     if not examples:
         raise ValueError("no training prompts left (the pre-filter kept none): try --prefilter none")
-    if args.fsdp:
+    if args.fsdp:  # one FSDP unit per transformer block (HF's _no_split_modules), then the root
         from torch.distributed.fsdp import fully_shard
-        for block in getattr(model, "blocks", []):
+        for block in [m for m in model.modules() if type(m).__name__ in (model._no_split_modules or [])]:
             fully_shard(block)
         wrapped = fully_shard(model)
     else:
