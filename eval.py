@@ -148,9 +148,9 @@ def prompt_texts(task, examples):
 
 
 # ----------------------------------------------------------------------------- generation and scoring
-def decode_steps(tokenizer, traj):
-    """Text of every step's full prediction: traj.x_pred (T, N, L) -> N lists of T strings, cut at [EOS]."""
-    return [sample.decode_completions(tokenizer, traj.x_pred[:, n]) for n in range(traj.x_pred.shape[1])]
+def decode_steps(tokenizer, x_pred):
+    """Text of every step's full prediction: x_pred (T, N, L) -> N lists of T strings, cut at [EOS]."""
+    return [sample.decode_completions(tokenizer, x_pred[:, n]) for n in range(x_pred.shape[1])]
 
 
 def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, steps, remasking="lcr",
@@ -177,7 +177,7 @@ def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, step
                 r = rewards.reward(task, completion, ex)
                 rows.append({"completion": completion, "reward": r, "correct": r == 1.0})
             if trajectory:
-                step_rewards = rewards.score_trajectory(decode_steps(tokenizer, traj), task, batch)  # (B, T)
+                step_rewards = rewards.score_trajectory(decode_steps(tokenizer, traj.x_pred), task, batch)  # (B, T)
                 for row, sr in zip(rows, step_rewards.tolist()):
                     row["step_rewards"] = sr
             if on_batch is not None:

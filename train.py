@@ -181,8 +181,7 @@ def rollouts(raw, tok, examples, args, mask_id, update, gen):
                                     block_length=block, steps=args.steps, remasking=args.remasking,
                                     temperature=args.temperature, mask_id=mask_id, record=True, generator=gen)
             x_bar[:, rows], x_pred[:, rows], logp[:, rows] = tr.x_bar, tr.x_pred, tr.logp
-    flat = sample.decode_completions(tok, x_pred.transpose(0, 1).reshape(N * args.steps, -1))  # row n*T + s
-    texts = [flat[n * args.steps:(n + 1) * args.steps] for n in range(N)]
+    texts = evaluation.decode_steps(tok, x_pred)  # N x T
     full_attn = torch.cat([attn, torch.ones(N, args.gen_length, dtype=attn.dtype, device=attn.device)], 1)
     return ids, full_attn, x_bar, x_pred, logp, texts
 
@@ -297,7 +296,8 @@ def train(args, rank, world, device):
         raise ValueError(f"--task {args.task}: pass --train-file with the training prompts")
     examples = (evaluation.load_examples(args.task, args.train_file) if args.train_file
                 else toy.make_task(args.task, args.n_train, args.seed, split="train"))
-    eval_examples = evaluation.load_examples(args.task, args.eval_data, limit=args.n_eval, seed=args.seed)
+    if args.eval_every:  # only then: a run without --eval-every needs no held-out file
+        eval_examples = evaluation.load_examples(args.task, args.eval_data, limit=args.n_eval, seed=args.seed)
     if args.algo == "mdpo" and args.prefilter == "overdenoise":
         model.eval()
         examples = prefilter(model, tok, examples, args, mask_id, rank, world)
