@@ -18,6 +18,7 @@ step on x_bar_t with the recorded predictions x_{t-1} as targets (Eq. 4, 5, 12),
 """
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -115,7 +116,13 @@ def setup_distributed():
 
 
 def cleanup_distributed():
+    """Tear the process group down last. Callers first drop what holds it (the DDP/FSDP model, its optimiser):
+    gloo's destructor joins its worker thread while holding the GIL, and that thread may need the GIL to free
+    its last work item, so the group must die in destroy_process_group (which releases the GIL), never when a
+    model that still references it is garbage-collected (a deadlock, seen in CI)."""
     if dist.is_initialized():
+        gc.collect()  # modules in reference cycles let go of the group now, while the registry still holds it
+        dist.barrier()
         dist.destroy_process_group()
 
 

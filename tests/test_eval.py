@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import random
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -17,7 +16,7 @@ import eval as ev
 import rewards
 import sample
 import toy
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, run_bounded
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -303,7 +302,8 @@ def test_torchrun_two_ranks_match_one_process(checkpoint, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(random.randint(20000, 40000)), str(ROOT / "eval.py"),
            *grid(checkpoint, two, "--remasking", "lcr", "--split", "train")]
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=120)
+    out = run_bounded(cmd, 120, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
     key = lambda r: (json.dumps(r["settings"], sort_keys=True), r["index"])  # noqa: E731
     rows = read_samples(two)
     assert {key(r): r for r in rows} == {key(r): r for r in read_samples(one)}

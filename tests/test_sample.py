@@ -1,5 +1,4 @@
 """The denoising loop: parity with LLaDA's algorithm, batching, trajectories, HF loading.  pytest -q tests/test_sample.py"""
-import subprocess
 import sys
 
 import pytest
@@ -8,7 +7,7 @@ import torch.nn.functional as F
 import transformers
 
 import toy
-from conftest import ROOT
+from conftest import ROOT, run_bounded
 from sample import decode_completions, encode_prompts, generate, load_model, resolve_mask_id
 
 
@@ -160,9 +159,8 @@ def test_toy_checkpoint_round_trip_and_cli_show(tmp_path, tok):
     x = torch.tensor([tok.encode("nums 1 2 3 -> 6")])
     torch.testing.assert_close(loaded(x).logits, model.eval()(x).logits)
     assert tok2.encode("<answer>1</answer>") == [3, tok.ids["1"], 4]
-    out = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--model", str(tmp_path / "ck"), "--prompt",
-                          "nums 1 2 3 -> 6", "--gen-length", "8", "--block-length", "8", "--steps", "4",
-                          "--remasking", "rcr", "--show"], capture_output=True, text=True, timeout=120)
+    out = run_bounded([sys.executable, ROOT / "sample.py", "--model", tmp_path / "ck", "--prompt", "nums 1 2 3 -> 6",
+                       "--gen-length", "8", "--block-length", "8", "--steps", "4", "--remasking", "rcr", "--show"], 120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("step   1/4 | ") and lines[0].count("_") == 6  # 2 of 8 revealed after step 1

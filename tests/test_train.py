@@ -10,10 +10,9 @@ from argparse import Namespace
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import toy
-from conftest import ROOT
+from conftest import ROOT, kill_tree, run_bounded, spawn_bounded
 
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
@@ -49,11 +48,12 @@ def ddp_worker(rank, world, init_file, out_dir):
     n_tokens = sum(it["mask"].sum().item() for it in items) / world  # global count / W: DDP averages
     g = grads_after(model, items[2 * rank: 2 * rank + 2], world, n_tokens)  # 2 micro-steps on each rank
     torch.save(g, os.path.join(out_dir, f"grads{rank}.pt"))
-    dist.destroy_process_group()
+    del model
+    train.cleanup_distributed()
 
 
 def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
-    mp.spawn(ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    spawn_bounded(ddp_worker, (2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, timeout=90)
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
     items = fake_items(4)
@@ -69,7 +69,7 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
 def run_train(*argv, wait=True):
     cmd = [sys.executable, str(ROOT / "train.py"), *map(str, argv)]
     if wait:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        out = run_bounded(cmd, 240)
         assert out.returncode == 0, out.stderr[-3000:]
         return out
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -167,7 +167,7 @@ def test_torchrun_fsdp_matches_ddp(tmp_path, algo):
     for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(ROOT / "train.py"), *map(str, common), "--out", str(tmp_path / name), *extra]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        out = run_bounded(cmd, 120, env={"OMP_NUM_THREADS": "1"})
         assert out.returncode == 0, out.stderr[-3000:]
         assert logged_steps(tmp_path / name) == [1, 2, 3]
     ddp = toy.ToyMDLM.from_pretrained(tmp_path / "ddp" / "last").state_dict()
