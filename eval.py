@@ -1,190 +1,131 @@
 """Evaluation: the paper's Table 2 grid and its over-denoising analysis (Table 1, Fig. 3, Section 3.3).
 
-    python eval.py --model out/toy-base --task toy-arith --out runs/eval-toy --trajectory-stats   # CPU
+    python eval.py --model out/toy-base/last --task toy-arith --out runs/eval-toy --trajectory-stats   # CPU
     python eval.py --model GSAI-ML/LLaDA-8B-Instruct --trust-remote-code --task math500 --out runs/llada
     torchrun --nproc_per_node 8 eval.py ...        # each rank scores examples[rank::8], rank 0 merges
 
-Each (remasking, block size, steps) setting runs greedily on every example: DIR/samples.jsonl holds one
-row per example and setting (a rerun skips rows already there), DIR/table.md the accuracies as in Table 2.
+Every (remasking, schedule, block size, steps) setting runs on every example: DIR/samples.jsonl holds one row
+per example and setting (a rerun skips the rows already there), DIR/table.md the accuracies as in Table 2.
 Over-denoised = correct at some intermediate step, wrong at the end: `overdenoised` (Table 1's "w/ inter.
-ans", Section 3.3's filter), `longest_correct_span`, `n_correct_spans` (Fig. 3 left, middle), and
-`first_correct_fraction` (Fig. 3 right, drawn as a histogram).
+ans", Section 3.3's filter), `longest_correct_span`, `n_correct_spans` (Fig. 3 left, middle) and
+`first_correct_fraction` (Fig. 3 right, drawn as one histogram per setting in first_correct.png).
 
-Prompts. Toy tasks: the toy prompt as it is ("a=3+4;b=a*2;b-5=?"), no system prompt, no chat template.
-Real tasks: the chat template (sample.encode_prompts) with SYSTEM_PROMPTS[kind] as the system turn and
-- math500 / math: the problem + "\\n" + MATH_INSTRUCTION ("Let's think step by step and output the final
-  answer within \\boxed{}."), as in the training CSV, whose problems already end with it;
-- countdown: COUNTDOWN_QUESTION, "Using the numbers [30, 100, 93], create an equation that equals 23. You
-  can use basic arithmetic operations (+, -, *, /) and each number can only be used once. ..."
+The protocol (prompts, answer reading) is the authors' by default: see tasks.py. "RCR" in Table 2 is the
+authors' code, which this project calls rcr-latest (a re-predicted position takes its latest confidence);
+the paper's text describes the running maximum, `rcr`. The tables name both (REMASKING_NAMES).
 
-Differences from the official evaluation (autonomousvision/mdpo test_llada.py; d1 for countdown):
-1. They send no system turn (the instruction is in the user turn). Set SYSTEM_PROMPTS[kind] = None for that.
-2. The toy grid scales the paper's 512 / (128, 512) / (64, 128, 256) down to 40 / (10, 40) / (8, 20, 40):
+Differences from the authors' evaluation (test_llada.py; test_llada_toy_tasks.py for Countdown):
+1. The toy grid scales the paper's 512 / (128, 512) / (64, 128, 256) down to 40 / (10, 40) / (8, 20, 40):
    5, 2 and 1 tokens per step (steps must be a multiple of the number of blocks).
+2. Math answers are read from the last closed \\boxed{} only and checked with rewards.math_reward (see rewards.py
+   for how it compares with their math-verify settings).
 3. first_correct_fraction counts steps from 1: first correct at step s of T gives s / T (1.0 = last step).
 """
 import argparse
-import csv
 import itertools
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
+import checkpoint
+import distributed
+import remask
 import rewards
 import sample
-import toy
+import tasks
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data"
-DATA_FILES = {"math500": "math500_test.jsonl", "countdown": "countdown_cd3_test.jsonl",
-              "math": "math_overdenoising_llada_epoch1.csv"}
-TOY_TASKS = ("toy-countdown", "toy-arith")
-MATH_FIELDS = (("prompt", "answer"), ("Problem", "Solution"), ("problem", "answer"))  # question, gold
-MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
-COUNTDOWN_QUESTION = ("Using the numbers {numbers}, create an equation that equals {target}. You can use basic "
-                      "arithmetic operations (+, -, *, /) and each number can only be used once. Give the final "
-                      "equation, without '=' or the target, in <answer> </answer> tags, for example "
-                      "<answer> (1 + 2) / 3 </answer>.")
-SYSTEM_PROMPTS = {
-    "math": "You are a helpful assistant. Reason step by step, then put the final answer within \\boxed{}.",
-    "countdown": "You are a helpful assistant. First reason about the problem step by step, then give the "
-                 "equation that reaches the target inside <answer> </answer> tags.",
-}
-# Defaults: the paper's setup for real models, a scaled-down grid (see note 2) for the toy tasks.
-PAPER = {"gen_length": 512, "block_length": "128,512", "steps": "64,128,256", "limit": None}
-TOY = {"gen_length": 40, "block_length": "10,40", "steps": "8,20,40", "limit": 200}
-
-
-# ----------------------------------------------------------------------------- data and prompts
-def load_examples(task, path=None, limit=None, seed=0, split="test"):
-    """Example dicts of `task`: {"prompt", "answer"} (math-like) or {"prompt", "numbers", "target"}.
-
-    Files: MATH-500 JSONL (problem, answer), countdown JSONL (input "30,100,93", output "23"), the
-    training CSV (Problem, Solution or problem, answer) and JSONL of example dicts (--write-overdenoised).
-    Toy tasks without a path are generated: toy.make_task(task, limit or 200, seed, split).
-    `limit` keeps the first rows of a file; `seed` and `split` only choose toy problems.
-    """
-    if task not in rewards.TASK_KIND:
-        raise ValueError(f"unknown task {task!r}; choose from {sorted(rewards.TASK_KIND)}")
-    if path is None and task in TOY_TASKS:
-        return toy.make_task(task, limit or 200, seed, split)
-    path = Path(path) if path is not None else DATA_DIR / DATA_FILES[task]
-    if not path.exists():
-        raise FileNotFoundError(f"{task}: no data file at {path}; pass --data PATH (a .jsonl or .csv file)")
-    kind = rewards.TASK_KIND[task]
-    if path.suffix == ".csv" and kind != "math":
-        raise ValueError(f"{path.name}: CSV files hold math problems; give {task} data as JSONL")
-    rows = _read_csv(path) if path.suffix == ".csv" else _read_jsonl(path)
-    examples = [_example(row, kind, f"{path.name}:{line}") for line, row in rows]
-    return examples[:limit] if limit else examples
-
-
-def _read_jsonl(path):
-    """(line number, dict) for every non-blank line; a line that is not a JSON object stops with file:line."""
-    out = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path.name}:{line}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path.name}:{line}: expected a JSON object, got {type(row).__name__}")
-        out.append((line, row))
-    return out
-
-
-def _read_csv(path):
-    """(line where the record starts, row dict) for every CSV record; problems may span several lines."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not any({q, a} <= set(reader.fieldnames or []) for q, a in MATH_FIELDS[1:]):
-            raise ValueError(f'{path.name}:1: needs columns "Problem","Solution" or "problem","answer"; '
-                             f"found {reader.fieldnames}")
-        out, start = [], reader.line_num + 1
-        for row in reader:
-            out.append((start, row))
-            start = reader.line_num + 1
-    return out
-
-
-def _example(row, kind, where):
-    """One example dict from a file row (any format load_examples reads), checking the fields it needs."""
-    def field(key):
-        if row.get(key) in (None, ""):
-            raise ValueError(f'{where}: missing "{key}"')
-        return row[key]
-
-    if kind == "math":
-        q, a = next((f for f in MATH_FIELDS if f[0] in row), MATH_FIELDS[-1])
-        return {"prompt": str(field(q)), "answer": str(field(a))}
-    fn, ft = ("numbers", "target") if "prompt" in row else ("input", "output")
-    numbers, target = field(fn), field(ft)
-    try:
-        numbers = [int(n) for n in (numbers if isinstance(numbers, list) else str(numbers).split(","))]
-        target = int(target)
-    except (TypeError, ValueError):
-        raise ValueError(f'{where}: "{fn}" must be integers and "{ft}" an integer, '
-                         f"got {numbers!r}, {target!r}") from None
-    prompt = row["prompt"] if "prompt" in row else COUNTDOWN_QUESTION.format(numbers=numbers, target=target)
-    return {"prompt": prompt, "numbers": numbers, "target": target}
-
-
-def system_prompt(task):
-    """The system turn for `task`; None for the toy tasks (no chat template)."""
-    return None if task in TOY_TASKS else SYSTEM_PROMPTS[rewards.TASK_KIND[task]]
-
-
-def prompt_texts(task, examples):
-    """The user turn of each example: math problems get MATH_INSTRUCTION unless they already end with it."""
-    if task in TOY_TASKS or rewards.TASK_KIND[task] == "countdown":
-        return [ex["prompt"] for ex in examples]
-    return [p if p.rstrip().endswith(MATH_INSTRUCTION) else f"{p.rstrip()}\n{MATH_INSTRUCTION}"
-            for p in (ex["prompt"] for ex in examples)]
+PAPER = {"gen_length": 512, "block_length": "128,512", "steps": "64,128,256", "limit": None, "top_p": 0.95}
+TOY = {"gen_length": 40, "block_length": "10,40", "steps": "8,20,40", "limit": 200, "top_p": 1.0}
+REMASKING_NAMES = {"lcr": "LCR (Eq. 9, LLaDA)", "rcr": "RCR, running max (Eq. 10, the paper's text)",
+                   "rcr-latest": "RCR, latest confidence (the authors' code; Table 2's RCR)", "random": "random (Eq. 8)"}
 
 
 # ----------------------------------------------------------------------------- generation and scoring
-def decode_steps(tokenizer, x_pred):
-    """Text of every step's full prediction: x_pred (T, N, L) -> N lists of T strings, cut at [EOS]."""
-    return [sample.decode_completions(tokenizer, x_pred[:, n]) for n in range(x_pred.shape[1])]
-
-
 def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, steps, remasking="lcr",
-             temperature=0.0, batch_size=16, mask_id, trajectory=False, progress=True, desc=None,
-             generator=None, on_batch=None):
+             schedule="linear", temperature=0.0, top_p=1.0, batch_size=16, mask_id, system=None, format_score=0.0,
+             trajectory=False, progress=True, desc=None, generator=None, on_batch=None):
     """Generate for every example and score it -> one row per example, in order:
     {"completion", "reward", "correct"} plus "step_rewards" (T floats, r(x_t) of every step) when
     trajectory=True. on_batch(start, rows), if given, sees each batch's rows as soon as they are scored.
     """
     device = next(model.parameters()).device
-    texts, system, out = prompt_texts(task, examples), system_prompt(task), []
+    texts, out = tasks.prompt_texts(task, examples), []
     with tqdm(total=len(examples), desc=desc, disable=not progress) as bar:
         for start in range(0, len(examples), batch_size):
             batch = examples[start:start + batch_size]
             ids, attn = sample.encode_prompts(tokenizer, texts[start:start + batch_size], system)  # (B, P) each
             result = sample.generate(model, ids.to(device), attention_mask=attn.to(device), gen_length=gen_length,
-                                     block_length=block_length, steps=steps, remasking=remasking,
-                                     temperature=temperature, mask_id=mask_id, record=trajectory,
+                                     block_length=block_length, steps=steps, remasking=remasking, schedule=schedule,
+                                     temperature=temperature, top_p=top_p, mask_id=mask_id, record=trajectory,
                                      generator=generator)
             x, traj = result if trajectory else (result, None)  # x (B, P + L)
-            completions = sample.decode_completions(tokenizer, x[:, ids.shape[1]:])
             rows = []
-            for completion, ex in zip(completions, batch):
-                r = rewards.reward(task, completion, ex)
+            for completion, ex in zip(tasks.completion_texts(tokenizer, x[:, ids.shape[1]:]), batch):
+                r = rewards.reward(task, completion, ex, format_score)
                 rows.append({"completion": completion, "reward": r, "correct": r == 1.0})
             if trajectory:
-                step_rewards = rewards.score_trajectory(decode_steps(tokenizer, traj.x_pred), task, batch)  # (B, T)
-                for row, sr in zip(rows, step_rewards.tolist()):
-                    row["step_rewards"] = sr
+                step_texts = tasks.step_texts(tokenizer, traj.x_pred)
+                for row, sr in zip(rows, rewards.score_trajectory(step_texts, task, batch, format_score).tolist()):
+                    row["step_rewards"] = sr  # (T,)
             if on_batch is not None:
                 on_batch(start, rows)
             out += rows
             bar.update(len(batch))
     return out
+
+
+def sharded_accuracy(model, tok, examples, args, mask_id, remasking, block_length, rank, world):
+    """Greedy accuracy of a model being trained (train.py's args), each rank scoring examples[rank::world].
+    Returns (accuracy over all ranks, step rewards (N_shard, T) of this rank's shard). Shards are padded to equal
+    length (the padding is not counted), so every rank runs the same forwards (FSDP gathers are collectives)."""
+    shard = examples[rank::world]
+    padded = shard + examples[: -(-len(examples) // world) - len(shard)]
+    device = next(model.parameters()).device
+    with distributed.autocast(args.precision, device):
+        rows = evaluate(model, tok, padded, args.task, gen_length=args.gen_length, block_length=block_length,
+                        steps=args.steps, remasking=remasking, mask_id=mask_id, trajectory=True, progress=False,
+                        batch_size=args.eval_batch_size, format_score=args.format_score)[: len(shard)]
+    correct, n = distributed.all_sum([sum(r["correct"] for r in rows), len(rows)], device)
+    return correct / max(n, 1), torch.tensor([r["step_rewards"] for r in rows]).reshape(len(rows), args.steps)
+
+
+def prefilter(model, tok, examples, args, mask_id, rank, world):
+    """Section 3.3: keep the prompts that greedy decoding gets right at some step but wrong at the end (under
+    any of the rollouts' block sizes). Cached in OUT/prefilter.jsonl."""
+    cache = Path(args.out) / "prefilter.jsonl"
+    if cache.exists():
+        return [json.loads(line) for line in cache.read_text().splitlines()]
+    keep = torch.zeros(len(examples[rank::world]), dtype=torch.bool)
+    for block in args.block_lengths:
+        keep |= overdenoised(sharded_accuracy(model, tok, examples, args, mask_id, "lcr", block, rank, world)[1])
+    kept = distributed.all_gather_list([ex for ex, k in zip(examples[rank::world], keep.tolist()) if k])
+    if not kept:
+        raise ValueError(f"the over-denoising pre-filter kept none of {len(examples)} training prompts: "
+                         "use --prefilter none")
+    if rank == 0:
+        cache.write_text("".join(json.dumps(ex) + "\n" for ex in kept))
+    distributed.print0(f"pre-filter: {len(kept)} of {len(examples)} training prompts are over-denoised, kept")
+    return kept
+
+
+def compare(models, examples, args, rank, world, device):
+    """Greedy accuracy of each model {name: path} with LCR and both RCRs for every block size (train.py's toy
+    pipeline: before / after) -> a markdown table with its caption."""
+    cols = [(r, b) for b in args.block_lengths for r in ("lcr", "rcr", "rcr-latest")]
+    lines = [f"Greedy accuracy (%) on {len(examples)} held-out {args.task} problems, gen length {args.gen_length}, "
+             f"{args.steps} steps; B = block size (B = {args.gen_length}: pure-Diff). Models: "
+             + ", ".join(f"{n} = {p}" for n, p in models.items()) + ".", "",
+             "| model | " + " | ".join(f"{r.upper()} B={b}" for r, b in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, path in models.items():
+        model, tok = sample.load_model(str(path), device, torch.float32, args.trust_remote_code)
+        mask_id = sample.resolve_mask_id(tok, model, args.mask_id)
+        accs = [sharded_accuracy(model, tok, examples, args, mask_id, r, b, rank, world)[0] for r, b in cols]
+        lines.append(f"| {name} | " + " | ".join(f"{100 * a:.1f}" for a in accs) + " |")
+    return "\n".join(lines) + "\n\n" + "".join(f"- {m.upper()}: {REMASKING_NAMES[m]}\n" for m in ("lcr", "rcr", "rcr-latest"))
 
 
 # ----------------------------------------------------------------------------- over-denoising statistics
@@ -240,21 +181,38 @@ def read_rows(out_dir):
     return rows
 
 
+def row_name(s):
+    """Table 2's row: model / remasking (/ schedule when not linear)."""
+    return f'{s["name"]} / {s["remasking"]}' + (f' / {s["schedule"]}' if s.get("schedule", "linear") != "linear" else "")
+
+
 def label(s):
     """How a setting is named in the reports."""
-    return f'{s["name"]} / {s["remasking"]} / B={s["block_length"]} T={s["steps"]}'
+    return f'{row_name(s)} / B={s["block_length"]} T={s["steps"]}'
 
 
-def accuracy_table(rows, task):
+def caption(settings, n, extra=""):
+    """What a table measures: metric, problems, decoding settings, model paths."""
+    s = settings[0]
+    models = ", ".join(sorted({f'{x["name"]} = {x["model"]}' for x in settings}))
+    used = sorted({x["remasking"] for x in settings}, key=list(REMASKING_NAMES).index)
+    return (f'{s["task"]} ({s["data"]}), {n} problems per cell; gen length {s["gen_length"]}, temperature '
+            f'{s["temperature"]}, top-p {s["top_p"]}; models: {models}.{extra}\n\n'
+            + "".join(f"- {m}: {REMASKING_NAMES[m]}\n" for m in used))
+
+
+def accuracy_table(rows, settings, extra=""):
     """Markdown shaped like Table 2: rows model / remasking, columns block size x steps, accuracy in %."""
-    cells = {}  # (model / remasking, (B, T)) -> correct flags
-    for s, correct in ((r["settings"], r["correct"]) for r in rows):
-        if s["task"] == task:
-            cells.setdefault((f'{s["name"]} / {s["remasking"]}', (s["block_length"], s["steps"])), []).append(correct)
-    names, cols = list(dict.fromkeys(k[0] for k in cells)), sorted({k[1] for k in cells})
+    cells = {}  # (row name, (B, T)) -> correct flags
+    wanted = {json.dumps(s, sort_keys=True) for s in settings}
+    for r in rows:
+        if json.dumps(r["settings"], sort_keys=True) in wanted:
+            s = r["settings"]
+            cells.setdefault((row_name(s), (s["block_length"], s["steps"])), []).append(r["correct"])
+    names, cols = list(dict.fromkeys(row_name(s) for s in settings)), sorted({k[1] for k in cells})
     n = "/".join(str(k) for k in sorted({len(v) for v in cells.values()}))
     acc = lambda v: f"{100 * sum(v) / len(v):.1f}" if v else "-"  # noqa: E731
-    lines = [f"Accuracy (%) on {task}, {n} examples per cell", "",
+    lines = [f"Accuracy (%): {caption(settings, n, extra)}",
              "| Model / remasking | " + " | ".join(f"B={b} T={t}" for b, t in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(acc(cells.get((name, c), [])) for c in cols) + " |" for name in names]
@@ -274,73 +232,91 @@ def overdenoising_report(groups):
 
 
 def plot_first_correct(groups, path):
-    """Fig. 3 (right) as a histogram: at what fraction of T each trajectory is first correct."""
+    """Fig. 3 (right): one small histogram per setting of when (fraction of T) a trajectory is first correct."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, st in groups.items():
-        ax.hist(st["first_correct_fraction"], bins=10, range=(0, 1), histtype="step", linewidth=1.5, label=name)
-    ax.set(xlabel="first correct step / T", ylabel="trajectories", title="When is the answer first correct?")
-    ax.legend(fontsize=7)
+    cols = min(len(groups), 4)
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), sharex=True, squeeze=False)
+    for ax, (name, st) in zip(axes.flat, groups.items()):
+        ax.hist(st["first_correct_fraction"], bins=10, range=(0, 1), color="C0")
+        ax.set_title(name, fontsize=8)
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("first correct step / T", fontsize=8)
+    fig.suptitle("When is the answer first correct? (trajectories ever correct)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Table 2's grid and the over-denoising analysis (Table 1, Fig. 3).")
-    p.add_argument("--model", required=True, help="toy checkpoint dir or HF name/path (paper: LLaDA-8B-Instruct)")
+    p.add_argument("--model", required=True, help="toy checkpoint dir (e.g. out/toy-base/last) or HF name/path "
+                   "(paper: GSAI-ML/LLaDA-8B-Instruct)")
     p.add_argument("--name", default=None, help="model name in the tables (default: last part of --model)")
-    p.add_argument("--task", required=True, choices=["math500", "countdown", "toy-countdown", "toy-arith", "math"],
+    p.add_argument("--task", required=True, choices=tasks.TASKS,
                    help="math500 / countdown (paper), toy tasks, or math (the training CSV, to filter it)")
-    p.add_argument("--data", default=None, help=f"JSONL or CSV file (default: {DATA_DIR}/<task file>)")
+    p.add_argument("--data", default=None, help=f"JSONL or CSV file (default: {tasks.DATA_DIR}/<task file>)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="toy tasks: which split")
     p.add_argument("--gen-length", type=int, default=None, help="tokens generated (paper: 512; toy: 40)")
     p.add_argument("--block-length", default=None, help="comma list of block sizes (paper: 128,512; toy: 10,40)")
     p.add_argument("--steps", default=None, help="comma list of steps T (paper: 64,128,256; toy: 8,20,40)")
-    p.add_argument("--remasking", default="lcr,rcr", help="comma list of lcr, rcr, rcr-latest, random (paper: lcr,rcr)")
+    p.add_argument("--remasking", default="lcr,rcr,rcr-latest",
+                   help="comma list of lcr, rcr (paper's running max), rcr-latest (authors' code), random")
+    p.add_argument("--schedule", default="linear", help="comma list of Eq. 13 schedules (App. B.2): "
+                   "linear cosine square cubic exp sqrt log (paper: linear)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper's evaluation)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus (authors' evaluation: 0.95, also when "
+                   "greedy; toy default 1.0 = off)")
+    p.add_argument("--system-prompt", default=None, help="add a system turn (the authors' protocol has none)")
+    p.add_argument("--format-score", type=float, default=0.0, help="countdown: reward of a well-formed wrong "
+                   "answer (paper: 0, binary; d1: 0.1)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per forward (per rank)")
     p.add_argument("--limit", type=int, default=None, help="first N examples (paper: all; toy default 200)")
     p.add_argument("--out", required=True, help="output dir: samples.jsonl, table.md, ...; reruns resume")
     p.add_argument("--mask-id", type=int, default=None, help="[MASK] id if the tokenizer lacks it (LLaDA: 126336)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (needed for LLaDA)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="toy problems and temperature > 0 sampling")
     p.add_argument("--trajectory-stats", action="store_true",
                    help="score every step: overdenoising.md (Table 1) and first_correct.png (Fig. 3)")
     p.add_argument("--write-overdenoised", default=None, metavar="FILE",
-                   help="JSONL of the examples over-denoised in any setting (Section 3.3's filter, paper: ~10%%)")
+                   help="JSONL of the examples over-denoised in any setting (Section 3.3's filter; the authors "
+                        "kept 2,840 of 40k problems)")
     args = p.parse_args(argv)
-    for key, value in (TOY if args.task in TOY_TASKS else PAPER).items():
+    for key, value in (TOY if args.task in tasks.TOY_TASKS else PAPER).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.block_length = [int(b) for b in str(args.block_length).split(",")]
-    args.steps = [int(t) for t in str(args.steps).split(",")]
-    args.remasking = args.remasking.split(",")
+    try:
+        args.block_length = [int(b) for b in str(args.block_length).split(",")]
+        args.steps = [int(t) for t in str(args.steps).split(",")]
+    except ValueError:
+        p.error(f"--block-length {args.block_length} / --steps {args.steps}: comma lists of integers")
+    args.remasking, args.schedule = args.remasking.split(","), args.schedule.split(",")
+    for flag, value, ok in [("--gen-length", args.gen_length, args.gen_length >= 1),
+                            ("--batch-size", args.batch_size, args.batch_size >= 1),
+                            ("--limit", args.limit, args.limit is None or args.limit >= 1),
+                            ("--temperature", args.temperature, args.temperature >= 0),
+                            ("--top-p", args.top_p, 0 < args.top_p <= 1),
+                            ("--format-score", args.format_score, 0 <= args.format_score < 1),
+                            ("--mask-id", args.mask_id, args.mask_id is None or args.mask_id >= 0)]:
+        if not ok:
+            p.error(f"{flag} {value}: out of range")
     for b, t in itertools.product(args.block_length, args.steps):  # fail now, not after hours of the grid
-        if args.gen_length % b or t % (args.gen_length // b):
-            p.error(f"block length {b} must divide gen length {args.gen_length}, and steps {t} be a multiple "
-                    f"of the number of blocks")
-    if set(args.remasking) - set(sample.REMASKING):
-        p.error(f"--remasking {','.join(args.remasking)}: choose from {','.join(sample.REMASKING)}")
+        if b < 1 or t < 1 or args.gen_length % b or t % (args.gen_length // b):
+            p.error(f"--block-length {b} must divide --gen-length {args.gen_length}, and --steps {t} be a positive "
+                    f"multiple of the number of blocks ({args.gen_length // max(b, 1)})")
+    for flag, values, known in [("--remasking", args.remasking, sample.REMASKING),
+                                ("--schedule", args.schedule, tuple(remask.SCHEDULES))]:
+        if set(values) - set(known):
+            p.error(f"{flag} {','.join(values)}: choose from {','.join(known)}")
     args.name = args.name or Path(args.model.rstrip("/")).name
     args.trajectory = args.trajectory_stats or args.write_overdenoised is not None
     return args
-
-
-def setup_distributed(device):
-    """(rank, world size, device): torchrun's WORLD_SIZE > 1 means one shard of the examples per rank."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1:
-        return 0, 1, device
-    if device.startswith("cuda"):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), world, device
 
 
 def run_setting(args, model, tokenizer, mask_id, examples, settings, done, file, rank, world):
@@ -348,7 +324,7 @@ def run_setting(args, model, tokenizer, mask_id, examples, settings, done, file,
     key = json.dumps(settings, sort_keys=True)
     mine = list(range(rank, len(examples), world))
     todo = [i for i in mine if (key, i) not in done or (args.trajectory and "step_rewards" not in done[key, i])]
-    texts = prompt_texts(args.task, examples)
+    texts = tasks.prompt_texts(args.task, examples)
     if rank == 0:
         print(f"{label(settings)}: skipping {len(mine) - len(todo)} done rows, scoring {len(todo)}")
 
@@ -360,8 +336,9 @@ def run_setting(args, model, tokenizer, mask_id, examples, settings, done, file,
     gen = torch.Generator(device=args.device).manual_seed(args.seed + rank)
     evaluate(model, tokenizer, [examples[i] for i in todo], args.task, gen_length=args.gen_length,
              block_length=settings["block_length"], steps=settings["steps"], remasking=settings["remasking"],
-             temperature=args.temperature, batch_size=args.batch_size, mask_id=mask_id, trajectory=args.trajectory,
-             progress=rank == 0, desc=label(settings), generator=gen, on_batch=write)
+             schedule=settings["schedule"], temperature=args.temperature, top_p=args.top_p,
+             batch_size=args.batch_size, mask_id=mask_id, system=args.system_prompt, format_score=args.format_score,
+             trajectory=args.trajectory, progress=rank == 0, desc=label(settings), generator=gen, on_batch=write)
 
 
 def merge(out_dir):
@@ -375,61 +352,71 @@ def merge(out_dir):
         path.unlink()
 
 
-def report(args, examples, all_settings):
+def report(args, examples, all_settings, failures):
     """Write table.md (and print it); with trajectories, overdenoising.md, first_correct.png and FILE."""
     out, rows = Path(args.out), read_rows(args.out)
-    table = accuracy_table(rows.values(), args.task)
+    extra = f" Reward failures this run (timeouts, worker crashes; scored 0): {failures}." if failures else ""
+    table = accuracy_table(rows.values(), all_settings, extra)
     (out / "table.md").write_text(table, encoding="utf-8")
     print(table)
-    if not args.trajectory:
-        return
-    groups, flagged = {}, torch.zeros(len(examples), dtype=torch.bool)
-    for s in all_settings:
-        key = json.dumps(s, sort_keys=True)
-        step_rewards = torch.tensor([rows[key, i]["step_rewards"] for i in range(len(examples))])  # (N, T)
-        groups[label(s)] = overdenoise_stats(step_rewards)
-        flagged |= overdenoised(step_rewards)
-    if args.trajectory_stats:
-        text = overdenoising_report(groups)
-        (out / "overdenoising.md").write_text(text, encoding="utf-8")
-        plot_first_correct(groups, out / "first_correct.png")
-        print(text)
-    if args.write_overdenoised:
-        picked = [ex for ex, f in zip(examples, flagged.tolist()) if f]
-        Path(args.write_overdenoised).write_text("".join(json.dumps(ex) + "\n" for ex in picked), encoding="utf-8")
-        print(f"wrote {len(picked)} over-denoised examples of {len(examples)} to {args.write_overdenoised}")
+    written = [out / "table.md", out / "samples.jsonl"]
+    if args.trajectory:
+        groups, flagged = {}, torch.zeros(len(examples), dtype=torch.bool)
+        for s in all_settings:
+            key = json.dumps(s, sort_keys=True)
+            step_rewards = torch.tensor([rows[key, i]["step_rewards"] for i in range(len(examples))])  # (N, T)
+            groups[label(s)] = overdenoise_stats(step_rewards)
+            flagged |= overdenoised(step_rewards)
+        if args.trajectory_stats:
+            text = overdenoising_report(groups)
+            (out / "overdenoising.md").write_text(text, encoding="utf-8")
+            plot_first_correct(groups, out / "first_correct.png")
+            print(text)
+            written += [out / "overdenoising.md", out / "first_correct.png"]
+        if args.write_overdenoised:
+            picked = [ex for ex, f in zip(examples, flagged.tolist()) if f]
+            Path(args.write_overdenoised).write_text("".join(json.dumps(ex) + "\n" for ex in picked), encoding="utf-8")
+            print(f"wrote {len(picked)} over-denoised examples of {len(examples)} to {args.write_overdenoised}")
+    print("results: " + ", ".join(map(str, written)))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, args.device = setup_distributed(args.device)
-    try:
-        examples = load_examples(args.task, args.data, args.limit, args.seed, args.split)
-        dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-        model, tokenizer = sample.load_model(args.model, args.device, dtype, args.trust_remote_code)
-        mask_id = sample.resolve_mask_id(tokenizer, model, args.mask_id)
+    try:  # everything that can be checked before loading a model
+        examples = tasks.load_examples(args.task, args.data, args.limit, args.seed, args.split)
+        sample.check_model_path(args.model, args.mask_id)
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.check_writable([out])
+    except (ValueError, OSError) as e:
+        sys.exit(f"eval.py: error: {e}")
+    rank, world, device = distributed.setup_distributed(args.device)
+    args.device = str(device)
+    try:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        model, tokenizer = sample.load_model(args.model, device, dtype, args.trust_remote_code)
+        mask_id = sample.resolve_mask_id(tokenizer, model, args.mask_id)
         done = read_rows(out)
-        data = args.data or (f"{args.split} seed={args.seed}" if args.task in TOY_TASKS else "default")
+        data = args.data or (f"{args.split} seed={args.seed}" if args.task in tasks.TOY_TASKS else "default")
         all_settings = [{"task": args.task, "data": data, "model": args.model, "name": args.name,
                          "gen_length": args.gen_length, "block_length": b, "steps": t, "remasking": m,
-                         "temperature": args.temperature, "seed": args.seed}
-                        for m in args.remasking for b in args.block_length for t in args.steps]
+                         "schedule": sch, "temperature": args.temperature, "top_p": args.top_p,
+                         "system_prompt": args.system_prompt, "format_score": args.format_score, "seed": args.seed}
+                        for m in args.remasking for sch in args.schedule for b in args.block_length for t in args.steps]
         path = out / ("samples.jsonl" if world == 1 else f"samples.rank{rank}.jsonl")
+        failures_before = rewards.calls["timeout"] + rewards.calls["crash"]
         with open(path, "a", encoding="utf-8") as f:
             if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
                 f.write("\n")  # end a crashed run's half-written row so the next row starts cleanly
             for settings in all_settings:
                 run_setting(args, model, tokenizer, mask_id, examples, settings, done, f, rank, world)
-        if world > 1:
-            dist.barrier()
+        failures = int(distributed.all_sum([rewards.calls["timeout"] + rewards.calls["crash"] - failures_before],
+                                           device)[0])
+        distributed.barrier()
         if rank == 0:
             merge(out)
-            report(args, examples, all_settings)
+            report(args, examples, all_settings, failures)
     finally:
-        if world > 1:
-            dist.destroy_process_group()
+        distributed.cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Paper -> code:
     Eq. 11 (= s_{t,k} of Eq. 6, step score)   -> `step_scores`
     Eq. 6  (group-relative advantage)         -> `group_advantages`
     App. A (train on the c steps of largest |A|) -> `select_steps`
+    Eq. 4's normalisation                      -> `loss_denominators`
     Eq. 5  (clipped, weighted advantage Z)    -> `ratio`, `clipped_surrogate`, `clip_fraction` (logging)
     Eq. 12 (k2 estimate of the KL)            -> `kl_k2`
     Eq. 4  (MDPO objective, negated)          -> `mdpo_loss`; its log-probs come from `token_logp`
@@ -16,11 +17,17 @@ The paper's t counts down: rollout step s is paper step t = T - s, which reads x
 Where this differs from the paper or the official code (github.com/autonomousvision/mdpo):
 1. Last step of Eq. 11: the mean over cleaner steps is empty there (1/0 in the paper); like the official
    code we use R_{T-1} itself. The official score also adds a constant +1, which Eq. 6 removes; we omit it.
-2. Normalisation: Eq. 4 sums over steps and tokens and averages over the G rollouts; `mdpo_loss` averages
-   over the masked tokens of the whole update (`n_tokens`). The official code also weights the surrogate by
-   L / (number of masked tokens) per row and by the step's confidence; neither is in the paper, so we don't.
+2. Normalisation (`loss_denominators`, train.py --loss-norm): Eq. 4 sums over steps and tokens and divides by
+   G ("paper"); the official code takes the mean over the masked tokens of each trained step, then the mean over
+   steps ("step", our default: every trained step weighs the same whatever its number of masked tokens, so early,
+   mostly-masked steps do not drown the late ones, and the gradient scale does not grow with L or c — the scale the
+   paper's learning rate was tuned at); "token" is the mean over every masked token of the update. The official
+   code also weights the surrogate by L / (masked tokens of the row) and by the step's confidence; neither is in
+   the paper, so we don't.
 3. Step selection: App. A picks the c steps of largest |A| per trajectory, which is what `select_steps`
-   does; the official code picks one set of c steps for the whole batch (largest |A| summed over rows).
+   does, but among the steps with A != 0 only: a step whose advantage is 0 has nothing to learn and would only
+   dilute the normaliser (35-44% of the selected steps in our toy logs before). The official code picks one set
+   of c steps for the whole batch (largest |A| summed over rows).
 4. Greedy rollouts (temperature 0): the official code divides the logits by (0 + machine eps); we score
    under the untempered model (temperature 1), see `token_logp`.
 """
@@ -70,13 +77,15 @@ def select_steps(adv, c=8):
     """App. A: the c steps with the largest |A| per trajectory (both good and bad steps are trained on).
 
     adv: (N, T) advantages; c: steps kept per trajectory (8 in the paper), clamped to T.
-    Returns LongTensor (N, c) of step indices, by decreasing |A|; ties go to the earlier step (stable sort),
-    so a row of zeros selects steps 0..c-1.
+    Returns (sel, valid): sel LongTensor (N, c) of step indices by decreasing |A|, ties to the earlier step
+    (stable sort); valid (N, c) bool, False where that step's A is 0: fewer than c steps of the trajectory carry
+    an advantage, and the caller trains on the valid ones only.
     """
     if c < 1:
         raise ValueError(f"mdpo.select_steps: c={c} must be >= 1")
     order = torch.sort(adv.abs(), dim=1, descending=True, stable=True).indices  # (N, T)
-    return order[:, : min(c, adv.shape[1])]  # (N, c)
+    sel = order[:, : min(c, adv.shape[1])]  # (N, c)
+    return sel, adv.gather(1, sel) != 0
 
 
 def token_logp(logits, targets, temperature=1.0):
@@ -124,28 +133,48 @@ def clip_fraction(logp, old_logp, adv, mask, eps=0.2):
     return clipped.sum().float() / mask.sum().clamp(min=1)
 
 
-def mdpo_loss(logp, old_logp, ref_logp, adv, mask, eps=0.2, beta=0.08, n_tokens=None):
-    """Eq. 4 negated: -(sum over masked positions of Z - beta * k2) / n_tokens, for one denoising step.
+LOSS_NORMS = ("step", "token", "paper")
+
+
+def loss_denominators(mask, norm, n_steps, n_tokens, n_rollouts):
+    """Eq. 4's normalisation, as the number each trained row's token sum is divided by. Returns (B, 1) float.
+
+    mask (B, L): the masked positions of B trained (rollout, step) rows. n_steps, n_tokens, n_rollouts: the
+    update's trained rows, their masked tokens and its rollouts, over all micro-batches (under DDP, which averages
+    gradients over W ranks: the global counts divided by W). norm:
+      "step"  mean over each step's masked tokens, then over the trained steps (the official code; default)
+      "token" mean over every masked token of the update
+      "paper" Eq. 4 as written: 1/G sum over steps and tokens, i.e. the sum divided by the number of rollouts
+    """
+    B = mask.shape[0]
+    if norm == "step":
+        return mask.sum(1, keepdim=True).clamp(min=1).float() * n_steps  # (B, 1)
+    if norm in ("token", "paper"):
+        return torch.full((B, 1), float(n_tokens if norm == "token" else n_rollouts), device=mask.device)
+    raise ValueError(f"mdpo.loss_denominators: norm={norm!r}, choose from {LOSS_NORMS}")
+
+
+def mdpo_loss(logp, old_logp, ref_logp, adv, mask, eps=0.2, beta=0.08, denom=None):
+    """Eq. 4 negated: -sum over masked positions of (Z - beta * k2) / denom, for a micro-batch of trained steps.
 
     logp: (B, L) log p_theta(x_{t-1}^i | x̄_t) with grad; old_logp: (B, L) the same under the rollout policy;
     ref_logp: (B, L) under the frozen reference model (None allowed when beta == 0); adv: (B, 1) or (B, L);
     mask: (B, L) bool, True where x̄_t was masked (only those positions carry a term, the indicator of Eq. 4).
-    eps = 0.2, beta = 0.08 as in the paper. n_tokens: the normaliser, default mask.sum() (at least 1).
-    A caller that accumulates gradients over micro-batches or selected steps passes the masked-token count
-    of the whole update, so the summed gradients are a mean over all its tokens; under DDP, which averages
-    gradients over W ranks, pass the global count divided by W. An empty mask gives 0 (with a graph).
-    Returns a scalar.
+    eps = 0.2, beta = 0.08 as in the paper. denom: a number or one per row (B, 1), see `loss_denominators`;
+    default mask.sum() (the mean over this micro-batch's masked tokens). A caller that accumulates gradients
+    over micro-batches passes the update's normaliser, so that the summed gradients are the update's mean.
+    An empty mask gives 0 (with a graph). Returns a scalar.
     """
     if beta != 0 and ref_logp is None:
         raise ValueError("mdpo.mdpo_loss: ref_logp is None but beta != 0")
     per_token = clipped_surrogate(logp, old_logp, adv, eps)  # (B, L)
     if beta != 0:
         per_token = per_token - beta * kl_k2(logp, ref_logp)  # (B, L)
-    if n_tokens is None:
-        n_tokens = mask.sum()
-    n_tokens = torch.as_tensor(n_tokens, dtype=per_token.dtype, device=per_token.device).clamp(min=1)
+    if denom is None:
+        denom = mask.sum()
+    denom = torch.as_tensor(denom, dtype=per_token.dtype, device=per_token.device).clamp(min=1)
     # torch.where, not a product with the mask, so a non-finite value at an unmasked position cannot leak in.
-    return -torch.where(mask, per_token, torch.zeros_like(per_token)).sum() / n_tokens
+    return -(torch.where(mask, per_token, torch.zeros_like(per_token)) / denom).sum()
 
 
 def masked_diffusion_loss(model, x0, maskable, mask_id, attention_mask=None, generator=None, eps=1e-3):

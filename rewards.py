@@ -247,7 +247,7 @@ def countdown_reward(completion: str, numbers: list[int], target: int) -> float:
     return 1.0 if ok else 0.1
 
 
-def reward(task: str, completion: str, example: dict) -> float:
+def reward(task: str, completion: str, example: dict, format_score=0.1) -> float:  # COMPAT-TEMP
     """r(x) of one completion. example: {"answer": str} (math) or {"numbers", "target"} (countdown)."""
     if task not in TASK_KIND:
         raise ValueError(f"rewards.py: unknown task {task!r}; known: {sorted(TASK_KIND)}")
@@ -257,7 +257,7 @@ def reward(task: str, completion: str, example: dict) -> float:
     return countdown_reward(completion, example["numbers"], example["target"])
 
 
-def score_trajectory(texts: list[list[str]], task: str, examples: list[dict]) -> torch.Tensor:
+def score_trajectory(texts: list[list[str]], task: str, examples: list[dict], format_score=0.1) -> torch.Tensor:  # COMPAT-TEMP
     """r(x_t) for every step: texts[n][s] is rollout n's full prediction at step s. -> (N, T) float.
 
     The reward depends on a text only through its extracted answer (`math_answer` or

@@ -21,6 +21,7 @@ Command line (a toy checkpoint or any HF masked diffusion LM):
     python sample.py --model out/toy-base --prompt "nums 3 5 7 -> 22" --remasking rcr --show
 """
 import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def model_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id):
 @torch.no_grad()
 def generate(model, prompt_ids, *, attention_mask=None, gen_length=128, block_length=128, steps=64,
              remasking="lcr", schedule="linear", temperature=0.0, cfg_scale=0.0, mask_id,
-             record=False, generator=None):
+             record=False, generator=None, top_p=1.0, confidence=None):  # COMPAT-TEMP
     """Denoise gen_length tokens after prompt_ids (B, P), left-padded when attention_mask (B, P) is given.
 
     Returns x (B, P + gen_length), and the Trajectory as well when record=True.
@@ -137,12 +138,34 @@ def resolve_mask_id(tokenizer, model, mask_id=None):
                      "(LLaDA-8B-Instruct uses 126336)")
 
 
+def check_model_path(name_or_path, mask_id=None):
+    """Fail at once, naming the path, for a --model that cannot load: a local path that does not exist, or a
+    directory that holds no model (naming the checkpoints below it); and for a --mask-id outside its vocabulary.
+    A name whose first part is not a local directory is taken for a hub id ("GSAI-ML/LLaDA-8B-Instruct") and
+    left to transformers."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        if (path / "config.json").exists():
+            vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
+            if mask_id is not None and vocab is not None and not 0 <= mask_id < vocab:
+                raise ValueError(f"--mask-id {mask_id}: outside the vocabulary of {name_or_path} (0..{vocab - 1})")
+            return
+        below = sorted(str(c.parent) for c in path.glob("*/config.json")) + sorted(
+            str(c.parent) for c in path.glob("*/*/config.json"))
+        hint = f"; checkpoints below it: {', '.join(below[:4])}" if below else ""
+        raise ValueError(f"--model {name_or_path}: not a model directory (no config.json){hint}")
+    looks_local = name_or_path.startswith((".", "/", "~")) or path.parts[0] != name_or_path and Path(path.parts[0]).is_dir()
+    if looks_local or len(path.parts) > 2 or path.exists():
+        raise ValueError(f"--model {name_or_path}: no such model directory")
+
+
 def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_code=False):
     """(model, tokenizer) in eval mode: a toy checkpoint (toy.py) or any HF masked diffusion LM.
 
     LLaDA-8B-Instruct ships its own modelling code: it loads only with trust_remote_code=True.
     """
     import toy
+    check_model_path(str(name_or_path))
     if (Path(name_or_path) / "toy_tokenizer.json").exists():
         model = toy.ToyMDLM.from_pretrained(name_or_path, dtype=dtype)
         return model.to(device).eval(), toy.ToyTokenizer.from_pretrained(name_or_path)

@@ -140,6 +140,13 @@ class ToyMDLM(PreTrainedModel):
         return MaskedLMOutput(logits=self.head(self.ln(x)))  # (B, L, V)
 
 
+def save_fresh(path, seed):
+    """A randomly initialised toy model (seeded) and its tokenizer, saved to path."""
+    torch.manual_seed(seed)
+    ToyMDLM(ToyConfig()).save_pretrained(path)
+    ToyTokenizer().save_pretrained(path)
+
+
 def _countdown_example(rng):
     """Three numbers 1..9 and a target made by ((a o b) o c); every intermediate an integer in 1..99."""
     while True:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import eval as ev
+import tasks
 import rewards
 import sample
 import toy
@@ -71,25 +72,58 @@ UNSOLVABLE = {"prompt": "nums 1 2 4 -> 7", "numbers": [1, 2, 4], "target": 7}  #
 def test_load_shared_files():
     if not DATA.exists():
         pytest.skip(f"{DATA} not found (the shared data folder sits next to the repository)")
-    math500 = ev.load_examples("math500")
+    math500 = tasks.load_examples("math500")
     first = json.loads((DATA / "math500_test.jsonl").read_text().splitlines()[0])
     assert len(math500) == 500 and math500[0] == {"prompt": first["problem"], "answer": first["answer"]}
-    countdown = ev.load_examples("countdown", limit=3)
+    countdown = tasks.load_examples("countdown", limit=3)
     assert countdown[0]["numbers"] == [30, 100, 93] and countdown[0]["target"] == 23 and len(countdown) == 3
-    assert countdown[0]["prompt"].startswith("Using the numbers [30, 100, 93], create an equation that equals 23.")
-    train = ev.load_examples("math", DATA / "math_overdenoising_llada_epoch1.csv")
+    assert countdown[0]["prompt"] == "Numbers: [30, 100, 93]\nTarget: 23"
+    train = tasks.load_examples("math", DATA / "math_overdenoising_llada_epoch1.csv")
     assert len(train) == 2840 and train[0]["answer"] == "7" and train[5]["answer"] == "\\frac{1}{2}"
     # the CSV's problems already end with the instruction; MATH-500's get it after a newline
-    assert ev.prompt_texts("math", train[:1]) == [train[0]["prompt"]]
-    assert ev.prompt_texts("math500", math500[:1]) == [first["problem"] + "\n" + ev.MATH_INSTRUCTION]
+    assert tasks.prompt_texts("math", train[:1]) == [train[0]["prompt"]]
+    assert tasks.prompt_texts("math500", math500[:1]) == [first["problem"] + "\n" + tasks.MATH_INSTRUCTION]
 
 
 def test_prompts_and_toy_examples():
-    assert ev.system_prompt("toy-arith") is None and ev.system_prompt("toy-countdown") is None
-    assert "\\boxed{}" in ev.system_prompt("math500") and "<answer>" in ev.system_prompt("countdown")
-    examples = ev.load_examples("toy-arith", limit=5, seed=3)
+    examples = tasks.load_examples("toy-arith", limit=5, seed=3)
     assert examples == toy.make_task("toy-arith", 5, 3, "test")
-    assert ev.prompt_texts("toy-arith", examples) == [ex["prompt"] for ex in examples]
+    assert tasks.prompt_texts("toy-arith", examples) == [ex["prompt"] for ex in examples]
+
+
+class RecordingChatTokenizer:
+    """A tokenizer with a chat template that records the messages it is given."""
+    chat_template, pad_token_id, eos_token_id = "yes", 0, 2
+
+    def __init__(self):
+        self.messages = []
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+        self.messages.append(messages)
+        return "x"
+
+    def encode(self, text, add_special_tokens=False):
+        return [5]
+
+
+def test_authors_protocol_user_turn_only_and_their_countdown_prompt():
+    """The authors' evaluation: one user turn (no system turn) holding the instruction; their countdown wording."""
+    cd = tasks.load_examples("countdown", limit=1) if DATA.exists() else [
+        tasks._example({"input": "30,100,93", "output": "23"}, "countdown", "x")]
+    assert cd[0]["prompt"] == "Numbers: [30, 100, 93]\nTarget: 23"
+    text = tasks.prompt_texts("countdown", cd)[0]
+    assert text == tasks.COUNTDOWN_INSTRUCTION + "\n\nNumbers: [30, 100, 93]\nTarget: 23"
+    assert text.startswith("Using only the provided numbers, create an arithmetic expression")
+    tok = RecordingChatTokenizer()
+    sample.encode_prompts(tok, [text, "What is 1+1?\n" + tasks.MATH_INSTRUCTION])
+    assert [[m["role"] for m in ms] for ms in tok.messages] == [["user"], ["user"]]
+
+
+def test_completion_texts_are_not_cut_at_eos(tok):
+    ids = torch.tensor([tok.encode("<answer>1</answer>") + [tok.eos_token_id] + tok.encode("<answer>2</answer>")])
+    assert tasks.completion_texts(tok, ids) == ["<answer>1</answer><answer>2</answer>"]
+    x_pred = torch.stack([ids, ids])  # (T=2, N=1, L)
+    assert tasks.step_texts(tok, x_pred) == [["<answer>1</answer><answer>2</answer>"] * 2]
 
 
 def test_malformed_jsonl_names_file_line_field(tmp_path):
@@ -107,7 +141,7 @@ def test_malformed_jsonl_names_file_line_field(tmp_path):
     for task, lines, message in cases:
         path.write_text("\n".join(lines) + "\n")
         with pytest.raises(ValueError, match=message):
-            ev.load_examples(task, path)
+            tasks.load_examples(task, path)
 
 
 def test_malformed_csv_names_the_line_where_the_record_starts(tmp_path):
@@ -118,17 +152,17 @@ def test_malformed_csv_names_the_line_where_the_record_starts(tmp_path):
         w.writerow([0, "Two lines:\n1+1?", "2"])              # lines 2-3
         w.writerow([1, "Three\nlines\n2+2?", ""])             # lines 4-6, no Solution
     with pytest.raises(ValueError, match='bad.csv:4: missing "Solution"'):
-        ev.load_examples("math", path)
+        tasks.load_examples("math", path)
     path.write_text("question,gold\nx,y\n")
     with pytest.raises(ValueError, match="bad.csv:1: needs columns"):
-        ev.load_examples("math", path)
+        tasks.load_examples("math", path)
     path.write_text('problem,answer\n"1+1?",2\n')
-    assert ev.load_examples("math", path) == [{"prompt": "1+1?", "answer": "2"}]
+    assert tasks.load_examples("math", path) == [{"prompt": "1+1?", "answer": "2"}]
 
 
 def test_missing_file_says_where_it_looked(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"no data file at {tmp_path / 'nope.jsonl'}.*--data"):
-        ev.load_examples("math500", tmp_path / "nope.jsonl")
+    with pytest.raises(FileNotFoundError, match=f"no data file at {tmp_path / 'nope.jsonl'}"):
+        tasks.load_examples("math500", tmp_path / "nope.jsonl")
 
 
 # ----------------------------------------------------------------------------- over-denoising statistics
@@ -198,7 +232,7 @@ def test_evaluate_scripted_overdenoising(tok):
 
 def test_evaluate_toy_model_rows_in_order(checkpoint):
     model, tok = sample.load_model(checkpoint)
-    examples = ev.load_examples("toy-countdown", limit=5)
+    examples = tasks.load_examples("toy-countdown", limit=5)
     kw = dict(gen_length=16, block_length=8, steps=8, remasking="rcr", mask_id=tok.mask_token_id, progress=False)
     seen = []
     rows = ev.evaluate(model, tok, examples, "toy-countdown", batch_size=2, trajectory=True,
@@ -214,7 +248,8 @@ def test_evaluate_toy_model_rows_in_order(checkpoint):
 # ----------------------------------------------------------------------------- command line
 def grid(checkpoint, out, *extra):
     return ["--model", checkpoint, "--task", "toy-countdown", "--limit", "8", "--gen-length", "16",
-            "--block-length", "8,16", "--steps", "8,16", "--batch-size", "4", "--out", str(out), *extra]
+            "--block-length", "8,16", "--steps", "8,16", "--batch-size", "4", "--out", str(out),
+            *([] if "--remasking" in extra else ["--remasking", "lcr,rcr"]), *extra]
 
 
 def count_generated(monkeypatch):
@@ -235,7 +270,8 @@ def test_parse_args_defaults():
     assert grid_of(toy_args) == (40, [10, 40], [8, 20, 40], 200)
     paper = ev.parse_args(["--model", "org/LLaDA-8B-Instruct", "--task", "math500", "--out", "d"])
     assert grid_of(paper) == (512, [128, 512], [64, 128, 256], None)
-    assert paper.remasking == ["lcr", "rcr"] and paper.name == "LLaDA-8B-Instruct" and paper.temperature == 0.0
+    assert paper.remasking == ["lcr", "rcr", "rcr-latest"] and paper.name == "LLaDA-8B-Instruct"
+    assert (paper.temperature, paper.top_p, paper.schedule, toy_args.top_p) == (0.0, 0.95, ["linear"], 1.0)
     with pytest.raises(SystemExit):  # 4 blocks of 10 cannot share 10 steps
         ev.parse_args(["--model", "m", "--task", "toy-arith", "--out", "d", "--steps", "10"])
 
@@ -248,7 +284,9 @@ def test_cli_table_resume_and_trajectory_stats(checkpoint, tmp_path, monkeypatch
     assert len(rows) == 8 * 2 * 2 * 2 and generated[0] == 64  # 8 examples x 2 blocks x 2 steps x lcr, rcr
     assert set(rows[0]) == {"index", "prompt", "completion", "reward", "correct", "settings"}
     table = (out / "table.md").read_text()
-    assert table in capsys.readouterr().out and "8 examples per cell" in table
+    assert table in capsys.readouterr().out and "8 problems per cell" in table
+    assert "temperature 0.0, top-p 1.0" in table and f"tiny = {checkpoint}" in table  # the caption says what ran
+    assert "- rcr: RCR, running max" in table and "rcr-latest" not in table  # only the remaskings that ran
     assert "| tiny / lcr |" in table and "| tiny / rcr |" in table and "B=8 T=16" in table
     acc = 100 * sum(r["correct"] for r in rows if r["settings"]["remasking"] == "rcr"
                     and r["settings"]["block_length"] == 16 and r["settings"]["steps"] == 8) / 8
@@ -291,7 +329,7 @@ def test_cli_write_overdenoised_round_trip(tmp_path, monkeypatch, tok):
              "--block-length", "8,16", "--steps", "8", "--out", str(tmp_path / "run"),
              "--write-overdenoised", str(picked)])
     # over-denoised under pure-Diff (see test_evaluate_scripted_overdenoising), so picked once
-    assert ev.load_examples("toy-countdown", picked) == [SOLVABLE]
+    assert tasks.load_examples("toy-countdown", picked) == [SOLVABLE]
     assert not (tmp_path / "run" / "overdenoising.md").exists()  # that needs --trajectory-stats
 
 

@@ -93,7 +93,7 @@ def test_group_advantages_rejects_bad_group_size():
 # Appendix A: top-c steps by |A| -----------------------------------------------------------------
 
 def select(adv, c):
-    return mdpo.select_steps(adv, c).tolist()
+    return mdpo.select_steps(adv, c)[0].tolist()
 
 
 def test_select_steps_abs_and_ties():
@@ -117,7 +117,8 @@ def test_select_steps_many_ties_keep_step_order():
 
 def test_select_steps_c_larger_than_T():
     adv = torch.tensor([[0.5, -2.0, 1.0, 2.0]])
-    out = mdpo.select_steps(adv, 10)  # clamped to T = 4: full order by |A|
+    out, valid = mdpo.select_steps(adv, 10)  # clamped to T = 4: full order by |A|
+    assert valid.all()
     assert out.dtype == torch.long and out.tolist() == [[1, 3, 2, 0]]
 
 
@@ -216,8 +217,8 @@ def test_mdpo_loss_by_hand():
     assert close(mdpo.mdpo_loss(logp, old_logp, None, adv, mask, beta=0.0), -0.1)
     # k2 = (ln 0.5)^2 / 2 = 0.2402265 at both masked tokens; 0.2 - 0.08 * 0.480453 = 0.1615638 -> / 2
     assert close(mdpo.mdpo_loss(logp, old_logp, ref_logp, adv, mask, beta=0.08), -0.0807819)
-    # same sum over n_tokens = 4 (tokens of the whole update): -0.1615638 / 4
-    assert close(mdpo.mdpo_loss(logp, old_logp, ref_logp, adv, mask, beta=0.08, n_tokens=4), -0.0403909)
+    # same sum over denom = 4 (tokens of the whole update): -0.1615638 / 4
+    assert close(mdpo.mdpo_loss(logp, old_logp, ref_logp, adv, mask, beta=0.08, denom=4), -0.0403909)
 
 
 def test_mdpo_loss_adv_per_row_broadcasts():

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import eval as evaluation
+import tasks
 import toy
 from conftest import ROOT, kill_tree, run_bounded, spawn_bounded
 
@@ -27,16 +29,17 @@ def fake_items(n_items, seed=0, b=3, P=5, L=8, V=59, mask_id=1):
         mask = torch.rand(b, L, generator=g) < 0.5
         x[:, P:][mask] = mask_id
         items.append(dict(x=x, attn=torch.ones(b, P + L, dtype=torch.long), targets=torch.randint(5, V, (b, L), generator=g),
-                          mask=mask, adv=torch.randn(b, 1, generator=g), old_logp=None, P=P))
+                          mask=mask, adv=torch.randn(b, 1, generator=g), P=P))
     return items
 
 
-ARGS = Namespace(temperature=0.7, inner_steps=1, eps=0.2, beta=0.0)
+ARGS = Namespace(algo="mdpo", temperature=0.7, inner_steps=1, eps=0.2, beta=0.0, loss_norm="token", precision="fp32",
+                 fsdp=False)
 
 
-def grads_after(model, items, world, n_tokens):
-    loss_of = lambda it: train.mdpo_loss_fn(model, it, ARGS, n_tokens)  # noqa: E731
-    train.backward_micro_batches(model, items, loss_of, world, False, torch.device("cpu"))
+def grads_after(model, items, world, norm):
+    loss_of = lambda it: train.rl_loss_fn(model, it, ARGS, 0, norm)  # noqa: E731
+    train.backward_micro_batches(model, items, loss_of, ARGS, world)
     return {k: v.grad.clone() for k, v in (model.module if world > 1 else model).named_parameters()}
 
 
@@ -46,10 +49,10 @@ def ddp_worker(rank, world, init_file, out_dir):
     model = torch.nn.parallel.DistributedDataParallel(toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)))
     items = fake_items(4)
     n_tokens = sum(it["mask"].sum().item() for it in items) / world  # global count / W: DDP averages
-    g = grads_after(model, items[2 * rank: 2 * rank + 2], world, n_tokens)  # 2 micro-steps on each rank
+    g = grads_after(model, items[2 * rank: 2 * rank + 2], world, (0, n_tokens, 0))  # 2 micro-steps on each rank
     torch.save(g, os.path.join(out_dir, f"grads{rank}.pt"))
     del model
-    train.cleanup_distributed()
+    train.distributed.cleanup_distributed()
 
 
 def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
@@ -57,7 +60,7 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
     items = fake_items(4)
-    single = grads_after(model, items, 1, sum(it["mask"].sum().item() for it in items))  # 4 micro-steps
+    single = grads_after(model, items, 1, (0, sum(it["mask"].sum().item() for it in items), 0))  # 4 micro-steps
     for rank in range(2):
         ddp = torch.load(tmp_path / f"grads{rank}.pt")
         assert single.keys() == ddp.keys()
@@ -132,8 +135,9 @@ class PositionLogits(torch.nn.Module):
 def test_short_seeded_mdpo_run_raises_the_reward(tok):
     example = {"prompt": "nums 1 2 3 -> 6", "numbers": [1, 2, 3], "target": 6,
                "completion": "1+2 = 3\n3+3 = 6\n<answer>(1+2)+3</answer>"}
-    args = Namespace(task="toy-countdown", group_size=8, gen_length=40, block_lengths=[40, 10], steps=20,
-                     remasking="lcr", temperature=1.0, top_c=4, micro_batch=32, eps=0.2, beta=0.0, inner_steps=1)
+    args = Namespace(algo="mdpo", task="toy-countdown", group_size=8, gen_length=40, block_lengths=[40, 10], steps=20,
+                     remasking="lcr", temperature=1.0, top_c=4, micro_batch=32, eps=0.2, beta=0.0, inner_steps=1,
+                     format_score=0.0, loss_norm="step", precision="fp32", fsdp=False)
     torch.manual_seed(0)
     model = PositionLogits(tok, example, len(tok.encode(example["prompt"])), args.gen_length)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.5)
@@ -141,21 +145,20 @@ def test_short_seeded_mdpo_run_raises_the_reward(tok):
     for update in range(12):
         stats = {}
         items = train.mdpo_micro_batches(model, None, tok, [example] * 4, args, tok.mask_token_id, update, gen, stats)
-        n_tokens = sum(it["mask"].sum().item() for it in items)
-        train.backward_micro_batches(model, items, lambda it: train.mdpo_loss_fn(model, it, args, n_tokens), 1,
-                                     False, torch.device("cpu"))
+        norm = (sum(len(it["mask"]) for it in items), sum(it["mask"].sum().item() for it in items), 32)
+        train.backward_micro_batches(model, items, lambda it: train.rl_loss_fn(model, it, args, 0, norm), args, 1)
         optimizer.step()
         optimizer.zero_grad()
         curve.append(stats["reward"])
-    # right answer 1.0, wrong answer 0.1: about 0.1 + 0.9 / 4 = 0.33 at the start
-    assert sum(curve[:3]) / 3 < 0.6 and sum(curve[-3:]) / 3 > 0.9, curve
+    # binary reward: a rollout is right with probability 1/4 at the start
+    assert curve[0] < 0.45 and sum(curve[-3:]) / 3 > 0.9, curve
 
 
 def test_malformed_training_file_is_a_clear_error(tmp_path, tok):
     (tmp_path / "bad.csv").write_text(',Problem,Solution\n0,"What is 1+1?",2\n1,"What is 2+2?",\n')
     toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).save_pretrained(tmp_path / "ck")
     tok.save_pretrained(tmp_path / "ck")
-    with pytest.raises(ValueError, match=r'bad.csv:3: missing "Solution"'):
+    with pytest.raises(SystemExit, match=r'train.py: error: .*bad.csv:3: missing "Solution"'):
         train.main(["--model", str(tmp_path / "ck"), "--task", "math500", "--train-file", str(tmp_path / "bad.csv"),
                     "--out", str(tmp_path / "run"), "--beta", "0"])
 
@@ -182,26 +185,48 @@ def test_prefilter_keeps_the_over_denoised_prompts_and_caches_them(tmp_path, mon
     examples = [{"prompt": str(i), "answer": str(i)} for i in range(4)]
     step_rewards = {10: torch.tensor([[0., 1, 1, 0], [0, 0, 0, 1], [1, 0, 1, 0], [0, 0, 0, 0]]),  # rows 0, 2 over-denoised
                     40: torch.tensor([[0., 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])}  # row 1
-    monkeypatch.setattr(train, "accuracy", lambda m, t, ex, a, mid, rem, block, r, w: (0.0, step_rewards[block]))
+    monkeypatch.setattr(evaluation, "sharded_accuracy", lambda m, t, ex, a, mid, rem, block, r, w: (0.0, step_rewards[block]))
     args = Namespace(out=str(tmp_path), block_lengths=[10, 40])
-    kept = train.prefilter(None, tok, examples, args, 1, 0, 1)
+    kept = evaluation.prefilter(None, tok, examples, args, 1, 0, 1)
     assert [ex["prompt"] for ex in kept] == ["0", "1", "2"]  # over-denoised under either block size
-    monkeypatch.setattr(train, "accuracy", None)  # a second call must read the cache
-    assert train.prefilter(None, tok, examples, args, 1, 0, 1) == kept
+    monkeypatch.setattr(evaluation, "sharded_accuracy", None)  # a second call must read the cache
+    assert evaluation.prefilter(None, tok, examples, args, 1, 0, 1) == kept
+    (tmp_path / "prefilter.jsonl").unlink()
+    step_rewards[10][[0, 2]], step_rewards[40][1] = 0.0, 0.0
+    monkeypatch.setattr(evaluation, "sharded_accuracy", lambda m, t, ex, a, mid, rem, block, r, w: (0.0, step_rewards[block]))
+    with pytest.raises(ValueError, match="kept none of 4 training prompts: use --prefilter none"):
+        evaluation.prefilter(None, tok, examples, args, 1, 0, 1)
 
 
-def test_inner_steps_use_the_rollout_log_probs_and_clip(tok):
+def test_inner_steps_recompute_old_log_probs_so_the_first_ratio_is_one(tok):
+    """mu > 1: the old log-probs come from the training forward itself before the first inner step (issue: they
+    came from the rollout, whose forward differs), so nothing is clipped at the first step; a policy that moved
+    away from them is clipped."""
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
     it = fake_items(1)[0]
-    with torch.no_grad():
-        logp = train.mdpo.token_logp(model(it["x"]).logits[:, it["P"]:], it["targets"], ARGS.temperature)
-    it["old_logp"] = logp - 0.5 * it["adv"].sign()  # ratio e^0.5 = 1.65 > 1.2 where A > 0, 0.61 < 0.8 where A < 0
+    args = Namespace(**{**vars(ARGS), "inner_steps": 2})
     n = it["mask"].sum().item()
-    _, _, clipped = train.mdpo_loss_fn(model, it, Namespace(**{**vars(ARGS), "inner_steps": 2}), n)
-    assert clipped == n  # every masked token sits in the clipped branch
-    _, _, clipped = train.mdpo_loss_fn(model, it, ARGS, n)  # mu = 1: ratio 1, nothing clipped
+    train.fixed_log_probs(model, None, [it], args)
+    with torch.no_grad():
+        logp = train.mdpo.token_logp(model(it["x"], attention_mask=it["attn"]).logits[:, it["P"]:], it["targets"], 0.7)
+    assert torch.equal(it["old_logp"][0], logp)  # the same forward: ratio exactly 1
+    _, _, clipped = train.rl_loss_fn(model, it, args, 0, (1, n, 1))
     assert clipped == 0
+    it["old_logp"] = [logp - 0.5 * it["adv"].sign()]  # ratio e^0.5 = 1.65 > 1.2 where A > 0, 0.61 < 0.8 where A < 0
+    _, _, clipped = train.rl_loss_fn(model, it, args, 1, (1, n, 1))
+    assert clipped == n  # every masked token sits in the clipped branch
+
+
+def test_prompt_order_draws_every_prompt_once_per_epoch():
+    n, seed = 7, 3
+    drawn = [tasks.prompt_order(g, n, seed) for g in range(3 * n)]  # three epochs, batches straddling the ends
+    for e in range(3):
+        assert sorted(drawn[e * n:(e + 1) * n]) == list(range(n))
+    assert drawn[:n] != drawn[n:2 * n]  # a fresh permutation each epoch
+    # as the trainer draws: 2 ranks x 2 prompts per update, 5 updates = 20 prompts, epochs of 7
+    got = [tasks.prompt_order(pos + rank * 2 + i, n, seed) for pos in range(0, 20, 4) for rank in range(2) for i in range(2)]
+    assert [got[:14].count(k) for k in range(n)] == [2] * n
 
 
 def test_non_finite_loss_skips_the_update_and_logs_it(tmp_path, monkeypatch):

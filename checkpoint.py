@@ -1,0 +1,100 @@
+"""Checkpoints of train.py: written atomically, resumable exactly (on one machine), sharded under FSDP.
+
+A checkpoint is a directory (OUT/last, OUT/best):
+  dcp/               model and optimiser state, torch.distributed.checkpoint format: under FSDP every rank writes
+                     and reads only its own shards (no rank gathers the 8B model and its AdamW state), and a
+                     resume on another number of ranks reshards on load;
+  trainer_state.pt   step, data position, best held-out accuracy, the world size and every rank's RNG state;
+  config.json + weights + tokenizer   the consolidated model (save_pretrained), what sample.py / eval.py load.
+                     Under FSDP it is gathered only when asked (`full_weights`: the final and the best model).
+Each save goes to PATH.tmp and is renamed into place, so a crash leaves the previous checkpoint whole.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+import distributed
+
+
+def save(path, model, tok, optimizer, state, rank, full_weights=True):
+    """Every rank calls it. state: small picklable dict (step, pos, best, gen = one RNG state per rank, ...).
+    full_weights: also write the consolidated model (gathered onto rank 0's CPU when the model is sharded)."""
+    path, tmp, old = Path(path), Path(f"{path}.tmp"), Path(f"{path}.old")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+    weights, optim = get_state_dict(model, optimizer)  # sharded (DTensor) under FSDP, plain tensors otherwise
+    dcp.save({"model": weights, "optim": optim}, checkpoint_id=tmp / "dcp")
+    if full_weights:
+        full = get_state_dict(model, [], options=StateDictOptions(full_state_dict=True, cpu_offload=True))[0]
+        if rank == 0:
+            model.save_pretrained(tmp, state_dict=full)
+    if rank == 0:
+        tok.save_pretrained(tmp)
+        torch.save(state, tmp / "trainer_state.pt")
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()  # nobody reads PATH before it is complete
+
+
+def load(path, model, optimizer):
+    """Restore model and optimiser in place from PATH/dcp (resharding if the world size changed); returns
+    the trainer state dict written by `save`."""
+    weights, optim = get_state_dict(model, optimizer)
+    loaded = {"model": weights, "optim": optim}
+    dcp.load(loaded, checkpoint_id=Path(path) / "dcp")
+    set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    return torch.load(Path(path) / "trainer_state.pt", weights_only=False)
+
+
+def latest(out):
+    """OUT/last, or OUT/last.old if a crash hit between the two renames of `save`; None if neither is there."""
+    return next((Path(out) / n for n in ("last", "last.old") if (Path(out) / n / "trainer_state.pt").exists()), None)
+
+
+def config(args):
+    """A run's settings as recorded in log.jsonl (and compared when the run is started again): plain JSON."""
+    return json.loads(json.dumps(vars(args), default=str))
+
+
+def resume_point(args, may_change=()):
+    """The checkpoint to continue from, or None to start afresh. A rerun never destroys a run: with the same
+    settings (up to the keys in may_change) it continues; with other settings it stops, naming --resume (continue
+    with the new settings) and how to start over."""
+    out, mine = Path(args.out), config(args)
+    saved, last = saved_config(out), latest(out)
+    diff = [k for k in mine if k not in may_change and saved is not None and saved.get(k) != mine[k]]
+    if diff and not args.resume:
+        said = "; ".join(f"--{k.replace('_', '-')} {saved.get(k)} there, {mine[k]} here" for k in diff[:3])
+        raise ValueError(f"--out {out} holds a run with other settings ({said}). Pass --resume to continue it with "
+                         f"these settings, or choose another --out (or delete {out}) to start over")
+    return last
+
+
+def check_writable(dirs):
+    """Create each directory and check that a file can be written there (an OSError names the path)."""
+    for d in dirs:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        (Path(d) / ".write-test").touch()
+        (Path(d) / ".write-test").unlink()
+
+
+def copy(src, dst):
+    """Replace dst by a copy of the checkpoint src (rank 0)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+
+
+def saved_config(out):
+    """The config recorded on the first line of OUT/log.jsonl, or None."""
+    log = Path(out) / "log.jsonl"
+    if not log.exists() or not log.read_text().strip():
+        return None
+    return json.loads(log.read_text().splitlines()[0]).get("config")
