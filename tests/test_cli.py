@@ -1,0 +1,147 @@
+"""The command lines as a newcomer meets them: every bad flag or path is a one-line error before any model is
+loaded, a rerun never destroys a run, Ctrl-C says what was saved.  pytest -q tests/test_cli.py"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import checkpoint
+import eval as ev
+import sample
+import toy
+import train
+from conftest import ROOT, kill_tree, run_bounded
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    torch.manual_seed(0)
+    toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).save_pretrained(path)
+    toy.ToyTokenizer().save_pretrained(path)
+    return path
+
+
+def error_of(fn, argv, capsys):
+    """The message of the SystemExit that fn(argv) must raise (argparse's usage error or our one-line error)."""
+    with pytest.raises(SystemExit) as e:
+        fn(argv)
+    assert e.value.code not in (0, None)
+    return str(e.value.code) + capsys.readouterr().err
+
+
+SFT = ["--algo", "sft", "--task", "toy-arith", "--micro-batch", "4", "--n-train", "8", "--save-every", "2"]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--gen-length", "41", "--block-lengths", "10"], "--block-lengths [10]: must be sizes that divide --gen-length 41"),
+    (["--steps", "0"], "--steps 0: must be >= 1"),
+    (["--steps", "7", "--block-lengths", "10"], "--steps 7: must be a multiple of every block count [4]"),
+    (["--group-size", "1"], "--group-size 1: must be >= 2"),
+    (["--top-c", "0"], "--top-c 0: must be >= 1"),
+    (["--micro-batch", "0"], "--micro-batch 0: must be >= 1"),
+    (["--lr", "-1"], "--lr -1.0: must be > 0"),
+    (["--temperature", "0"], "--temperature 0.0: must be > 0 (greedy rollouts"),
+    (["--task", "math500"], "--train-file None: must be a file of training prompts"),
+    (["--task", "nonsense"], "argument --task: invalid choice: 'nonsense'"),
+    (["--task", "math500", "--train-file", "x.csv"], "--model toy: must be a model path or HF name"),
+    (["--mask-id", "-3"], "--mask-id -3: must be >= 0"),
+])
+def test_train_flags_fail_at_once_naming_the_flag(flags, says, capsys):
+    assert says in error_of(train.main, flags, capsys)
+
+
+def test_train_world_size_checked_before_anything(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert "--prompts-per-update 8: must be a multiple of the 3 processes" in error_of(
+        train.main, ["--prompts-per-update", "8"], capsys)
+
+
+def test_model_paths_fail_at_once_naming_the_path(tiny, tmp_path, capsys):
+    t0 = time.time()
+    for fn, extra in ((train.main, []), (ev.main, ["--task", "toy-arith", "--out", str(tmp_path / "e")])):
+        assert f"--model {tmp_path}/nope: no such model directory" in error_of(fn, ["--model", f"{tmp_path}/nope", *extra], capsys)
+        said = error_of(fn, ["--model", str(tiny.parent), *extra], capsys)
+        assert f"--model {tiny.parent}: not a model directory (no config.json); checkpoints below it: {tiny}" in said
+        assert "--mask-id 999: outside the vocabulary" in error_of(fn, ["--model", str(tiny), "--mask-id", "999", *extra], capsys)
+    assert time.time() - t0 < 10  # no hub retries
+    with pytest.raises(ValueError, match="no such model directory"):
+        sample.load_model(f"{tmp_path}/nope")
+
+
+def test_data_errors_are_one_line(tiny, tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    said = error_of(ev.main, ["--model", str(tiny), "--task", "toy-arith", "--data", str(tmp_path / "empty.jsonl"),
+                              "--out", str(tmp_path / "e")], capsys)
+    assert said.startswith("eval.py: error: ") and "empty.jsonl: no examples in the file" in said
+    said = error_of(train.main, ["--model", str(tiny), "--task", "math500", "--train-file",
+                                 str(tmp_path / "empty.jsonl")], capsys)
+    assert said.startswith("train.py: error: ") and "no examples in the file" in said and "pre-filter" not in said
+    (tmp_path / "a-file").write_text("")  # an --out that cannot be created (works as root too, unlike chmod)
+    said = error_of(train.main, ["--model", str(tiny), "--out", str(tmp_path / "a-file" / "run")], capsys)
+    assert said.startswith("train.py: error: ") and "a-file/run" in said and "Traceback" not in said
+
+
+def test_eval_flags_fail_at_once(tiny, tmp_path, capsys):
+    base = ["--model", str(tiny), "--task", "toy-arith", "--out", str(tmp_path / "e")]
+    for flags, says in [(["--batch-size", "0"], "--batch-size 0: out of range"),
+                        (["--top-p", "0"], "--top-p 0.0: out of range"),
+                        (["--schedule", "wavy"], "--schedule wavy: choose from"),
+                        (["--remasking", "lcr,best"], "--remasking lcr,best: choose from"),
+                        (["--steps", "7"], "--steps 7 be a positive multiple")]:
+        assert says in error_of(ev.main, base + flags, capsys)
+
+
+def logged(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()[1:]]
+
+
+def test_rerun_resumes_same_settings_and_refuses_other_settings(tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main([*SFT, "--max-updates", "4", "--out", str(out)])
+    assert [r["step"] for r in logged(out)] == [1, 2, 3, 4]
+    before = (out / "last" / "model.safetensors").read_bytes()
+    train.main([*SFT, "--max-updates", "4", "--out", str(out)])  # the same command again: nothing to do
+    assert [r["step"] for r in logged(out)] == [1, 2, 3, 4] and (out / "last" / "model.safetensors").read_bytes() == before
+    said = error_of(train.main, [*SFT, "--max-updates", "4", "--lr", "1e-3", "--out", str(out)], capsys)
+    assert f"--out {out} holds a run with other settings (--lr 0.002 there, 0.001 here)" in said
+    assert "Pass --resume" in said and f"delete {out}" in said
+    assert [r["step"] for r in logged(out)] == [1, 2, 3, 4] and (out / "last" / "model.safetensors").read_bytes() == before
+    train.main([*SFT, "--max-updates", "6", "--out", str(out), "--resume", "--plot"])  # continue with new settings
+    assert [r["step"] for r in logged(out)] == [1, 2, 3, 4, 5, 6] and (out / "plot.png").exists()
+    assert f"results: {out / 'log.jsonl'}, {out / 'last'}, {out / 'plot.png'}" in capsys.readouterr().out
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_continue(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, ROOT / "train.py", *SFT, "--max-updates", "400", "--out", out]
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / "last" / "trainer_state.pt").exists():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        kill_tree(proc.pid, grace_s=0)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    step = torch.load(out / "last" / "trainer_state.pt", weights_only=False)["step"]
+    assert f"interrupted: {out / 'last'} holds update {step}; run the same command again to continue" in stdout + stderr
+
+
+def test_torchrun_resumes_a_one_process_checkpoint_on_two(tmp_path):
+    out = tmp_path / "run"
+    train.main([*SFT, "--max-updates", "2", "--out", str(out)])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", ROOT / "train.py",
+           *SFT, "--max-updates", "4", "--out", out, "--resume"]
+    res = run_bounded(cmd, 120, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "written by 1 processes, this run has 2" in res.stdout + res.stderr
+    assert [r["step"] for r in logged(out)] == [1, 2, 3, 4]
+    assert checkpoint.latest(out) == out / "last"
