@@ -261,7 +261,8 @@ def parse_args(argv=None):
     p.add_argument("--task", required=True, choices=tasks.TASKS,
                    help="math500 / countdown (paper), toy tasks, or math (the training CSV, to filter it)")
     p.add_argument("--data", default=None, help=f"JSONL or CSV file (default: {tasks.DATA_DIR}/<task file>)")
-    p.add_argument("--split", default="test", choices=["train", "test"], help="toy tasks: which split")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="toy tasks: which split "
+                   "(choose hyperparameters on val, report test)")
     p.add_argument("--gen-length", type=int, default=None, help="tokens generated (paper: 512; toy: 40)")
     p.add_argument("--block-length", default=None, help="comma list of block sizes (paper: 128,512; toy: 10,40)")
     p.add_argument("--steps", default=None, help="comma list of steps T (paper: 64,128,256; toy: 8,20,40)")

@@ -8,7 +8,7 @@ What is here:
   `model(input_ids, attention_mask=...).logits` has the same interface as LLaDA.
 - `make_task`: deterministic toy problems that mirror the paper's two tasks and are scored by the
   same reward functions as the real ones (rewards.py):
-    toy-countdown  "nums 3 5 7 -> 22"         ->  "3*5 = 15\n15+7 = 22\n<answer>(3*5)+7</answer>"
+    toy-countdown  "nums 3 5 7 -> 22"         ->  "3*5 = 15\n15+7 = 22\n<answer>(3*5)+7</answer>"   (numbers 1..12)
     toy-arith      "a=3+4;b=a*2;b-5=?"        ->  "a = 7\nb = 14\nb-5 = 9\n\\boxed{9}"
   Completions are 25-36 tokens, so the number of blocks and steps matters as it does for LLaDA.
 
@@ -148,9 +148,11 @@ def save_fresh(path, seed):
 
 
 def _countdown_example(rng):
-    """Three numbers 1..9 and a target made by ((a o b) o c); every intermediate an integer in 1..99."""
+    """Three numbers 1..12 and a target made by ((a o b) o c); every intermediate an integer in 1..99.
+    (1..12 rather than 1..9: 22.9k distinct prompts instead of 9.9k, so that the over-denoising filter of
+    Section 3.3 can keep thousands of training prompts without repeating them.)"""
     while True:
-        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+        a, b, c = rng.randint(1, 12), rng.randint(1, 12), rng.randint(1, 12)
         o1, o2 = rng.choice("+-*/"), rng.choice("+-*/")
         first = _apply(a, o1, b)
         second = None if first is None else _apply(first, o2, c)
@@ -181,20 +183,22 @@ def _arith_example(rng):
 
 
 TASKS = {"toy-countdown": _countdown_example, "toy-arith": _arith_example}
+SPLITS = ("test", "val", "train")  # indexed by min(crc32(prompt) % 5, 2)
 
 
 def make_task(name, n, seed=0, split="train"):
-    """n distinct examples of toy task `name`, the same list for the same seed.
+    """n distinct examples of toy task `name` from `split` ("train", "val" or "test"), the same for the same seed.
 
-    A problem belongs to the test split when a hash of its prompt is 0 mod 5, so the train and test
-    splits never share a problem whatever the seeds."""
+    A hash of the prompt decides the split (crc32 mod 5: 0 test, 1 val, 2-4 train), so the three never share a
+    problem whatever the seeds: hyperparameters are chosen on "val", results reported on "test"."""
     if name not in TASKS:
         raise ValueError(f"unknown toy task {name!r}; choose from {sorted(TASKS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     rng, seen, out = random.Random(f"{name}-{split}-{seed}"), set(), []
     for _ in range(50 * n + 10_000):
         ex = TASKS[name](rng)
-        in_test = zlib.crc32(ex["prompt"].encode()) % 5 == 0
-        if ex["prompt"] not in seen and in_test == (split == "test"):
+        if ex["prompt"] not in seen and SPLITS[min(zlib.crc32(ex["prompt"].encode()) % 5, 2)] == split:
             seen.add(ex["prompt"])
             out.append(ex)
             if len(out) == n:

@@ -56,9 +56,10 @@ p.add_argument("--task", default="toy-countdown", choices=tasks.TASKS, help="rew
                "toy-arith, math500, countdown (math = the training CSV's task, math reward)")
 p.add_argument("--train-file", default=None, help="training prompts (.jsonl/.csv; formats: README), e.g. the "
                "paper's over-denoising subset ../shared/data/math_overdenoising_llada_epoch1.csv; toy tasks generate theirs")
-p.add_argument("--eval-data", default=None, help="held-out set for --eval-every (default: the task's test file)")
+p.add_argument("--eval-data", default=None, help="held-out set for --eval-every (default: toy tasks their val split, "
+               "others the task's file)")
 p.add_argument("--n-train", type=int, default=2000, help="toy training problems to generate")
-p.add_argument("--n-eval", type=int, default=500, help="held-out problems scored by --eval-every and the final table")
+p.add_argument("--n-eval", type=int, default=500, help="held-out problems of --eval-every (val) and of the toy table (test)")
 p.add_argument("--prefilter", default="none", choices=["none", "overdenoise"], help="overdenoise: train only on "
                "prompts greedy decoding gets right at some step but wrong at the end (Section 3.3; paper: on)")
 p.add_argument("--format-score", type=float, default=None, help="countdown reward of a well-formed wrong answer "
@@ -411,8 +412,9 @@ def main(argv=None):
             sample.check_model_path(args.model, args.mask_id)
         examples = (tasks.load_examples(args.task, args.train_file) if args.train_file
                     else toy.make_task(args.task, args.n_train, args.seed, split="train"))
-        eval_examples = (tasks.load_examples(args.task, args.eval_data, limit=args.n_eval, seed=args.seed)
-                         if args.eval_every or toy_base else None)
+        eval_examples = (tasks.load_examples(args.task, args.eval_data, args.n_eval, args.seed, split="val")
+                         if args.eval_every else None)  # toy tasks: best/ is chosen on val, never on test
+        test_examples = tasks.load_examples(args.task, None, args.n_eval, 0, split="test") if toy_base else None
         sft_args = resolve(p.parse_args(["--algo", "sft", "--task", args.task, "--out", str(base), "--precision",
                                          args.precision])) if toy_base else None
         args.model = str(base / "last") if toy_base else args.model  # recorded so, and compared so on a rerun
@@ -429,7 +431,7 @@ def main(argv=None):
         table, written = Path(args.out) / "table.md", [Path(args.out) / "log.jsonl", final]
         if toy_base and (n_new or not table.exists()):  # a finished run's table is not computed again
             text = evaluation.compare({"toy base (SFT, Eq. 1)": args.model, f"+ {args.algo}": str(final)},
-                                      eval_examples, args, rank, world, device)
+                                      test_examples, args, rank, world, device)
             if rank == 0:
                 table.write_text(text)
         if toy_base:
