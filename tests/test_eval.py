@@ -186,7 +186,7 @@ def test_overdenoise_stats_by_hand():
 
 
 def test_overdenoise_edges():
-    # countdown's 0.1 (answer present but wrong) is not correct: only the 1.0 at step 2 counts
+    # d1's 0.1 (answer present but wrong) is not correct: only the 1.0 at step 2 counts
     assert ev.overdenoised(torch.tensor([[0.1, 1.0, 0.1]])).tolist() == [True]
     st = ev.overdenoise_stats(torch.tensor([[0.0, 1.0], [1.0, 1.0]]))  # no row over-denoised
     assert st["overdenoised_rate"] == 0.0 and st["mean_longest_span"] != st["mean_longest_span"]  # nan
@@ -220,10 +220,13 @@ def test_evaluate_scripted_overdenoising(tok):
     rows = ev.evaluate(model, tok, [SOLVABLE, UNSOLVABLE], "toy-countdown", gen_length=16, block_length=16,
                        steps=8, remasking="lcr", mask_id=tok.mask_token_id, trajectory=True, progress=False)
     assert [r["completion"] for r in rows] == ["<answer>1+2-3</answer>"] * 2
-    assert [(r["reward"], r["correct"]) for r in rows] == [(0.1, False), (0.1, False)]
-    assert rows[0]["step_rewards"] == pytest.approx([1.0] * 4 + [0.1] * 4)
-    assert rows[1]["step_rewards"] == pytest.approx([0.1] * 8)  # wrong numbers at every step
+    assert [(r["reward"], r["correct"]) for r in rows] == [(0.0, False), (0.0, False)]  # binary reward
+    assert rows[0]["step_rewards"] == pytest.approx([1.0] * 4 + [0.0] * 4)
+    assert rows[1]["step_rewards"] == pytest.approx([0.0] * 8)  # wrong numbers at every step
     assert ev.overdenoised(torch.tensor([r["step_rewards"] for r in rows])).tolist() == [True, False]
+    rows = ev.evaluate(model, tok, [SOLVABLE], "toy-countdown", gen_length=16, block_length=16, steps=8,
+                       mask_id=tok.mask_token_id, trajectory=True, progress=False, format_score=0.1)  # d1's scheme
+    assert rows[0]["reward"] == 0.1 and rows[0]["step_rewards"] == pytest.approx([1.0] * 4 + [0.1] * 4)
     # semi-AR (2 blocks of 8): offset 4 is revealed within block 0, still in the early phase -> correct
     rows = ev.evaluate(model, tok, [SOLVABLE], "toy-countdown", gen_length=16, block_length=8, steps=8,
                        mask_id=tok.mask_token_id, progress=False)
