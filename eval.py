@@ -15,8 +15,8 @@ authors' code, which this project calls rcr-latest (a re-predicted position take
 the paper's text describes the running maximum, `rcr`. The tables name both (REMASKING_NAMES).
 
 Differences from the authors' evaluation (test_llada.py; test_llada_toy_tasks.py for Countdown):
-1. The toy grid scales the paper's 512 / (128, 512) / (64, 128, 256) down to 40 / (10, 40) / (8, 20, 40):
-   5, 2 and 1 tokens per step (steps must be a multiple of the number of blocks).
+1. The toy grid scales the paper's 512 / (128, 512) / (64, 128, 256) down to 40 / (10, 40) / (8, 16, 32): T/2, T
+   and 2T of the toy rollouts' T = 16 as the paper's of its 128 (steps must be a multiple of the number of blocks).
 2. Math answers are read from the last closed \\boxed{} only and checked with rewards.math_reward (see rewards.py
    for how it compares with their math-verify settings).
 3. first_correct_fraction counts steps from 1: first correct at step s of T gives s / T (1.0 = last step).
@@ -39,7 +39,7 @@ import sample
 import tasks
 
 PAPER = {"gen_length": 512, "block_length": "128,512", "steps": "64,128,256", "limit": None, "top_p": 0.95}
-TOY = {"gen_length": 40, "block_length": "10,40", "steps": "8,20,40", "limit": 200, "top_p": 1.0}
+TOY = {"gen_length": 40, "block_length": "10,40", "steps": "8,16,32", "limit": 200, "top_p": 1.0}
 REMASKING_NAMES = {"lcr": "LCR (Eq. 9, LLaDA)", "rcr": "RCR, running max (Eq. 10, the paper's text)",
                    "rcr-latest": "RCR, latest confidence (the authors' code; Table 2's RCR)", "random": "random (Eq. 8)"}
 
@@ -265,7 +265,7 @@ def parse_args(argv=None):
                    "(choose hyperparameters on val, report test)")
     p.add_argument("--gen-length", type=int, default=None, help="tokens generated (paper: 512; toy: 40)")
     p.add_argument("--block-length", default=None, help="comma list of block sizes (paper: 128,512; toy: 10,40)")
-    p.add_argument("--steps", default=None, help="comma list of steps T (paper: 64,128,256; toy: 8,20,40)")
+    p.add_argument("--steps", default=None, help="comma list of steps T (paper: 64,128,256; toy: 8,16,32)")
     p.add_argument("--remasking", default="lcr,rcr,rcr-latest",
                    help="comma list of lcr, rcr (paper's running max), rcr-latest (authors' code), random")
     p.add_argument("--schedule", default="linear", help="comma list of Eq. 13 schedules (App. B.2): "

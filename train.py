@@ -70,7 +70,7 @@ p.add_argument("--algo", default="mdpo", choices=["sft", "mdpo", "diffu-grpo"], 
 # rollouts
 p.add_argument("--gen-length", type=int, default=None, help="tokens generated (paper 512, toy 40)")
 p.add_argument("--block-lengths", default=None, help="block sizes, alternating over groups (paper 128,512; toy 10,40)")
-p.add_argument("--steps", type=int, default=None, help="denoising steps T of a rollout (paper 128, toy 20)")
+p.add_argument("--steps", type=int, default=None, help="denoising steps T of a rollout (paper 128, toy 16)")
 p.add_argument("--remasking", default="lcr", choices=sample.REMASKING, help="remasking of the rollouts (paper: lcr)")
 p.add_argument("--temperature", type=float, default=None, help="rollout temperature > 0 (authors' README 0.4, "
                "their recipe file 0.1; toy 0.7)")
@@ -105,7 +105,7 @@ p.add_argument("--eval-batch-size", type=int, default=None, help="prompts per fo
 p.add_argument("--plot", action="store_true", help="render log.jsonl to OUT/plot.png at the end")
 p.add_argument("--seed", type=int, default=0, help="base seed (each rank adds its rank)")
 
-TOY = dict(gen_length=40, block_lengths="10,40", steps=20, temperature=0.7, prompts_per_update=8, eval_batch_size=64)
+TOY = dict(gen_length=40, block_lengths="10,40", steps=16, temperature=0.7, prompts_per_update=8, eval_batch_size=64)
 PAPER = dict(gen_length=512, block_lengths="128,512", steps=128, temperature=0.4, prompts_per_update=16, lr=7e-7,
              max_updates=100, lr_schedule="constant", eval_batch_size=8)
 ALGO = {"mdpo": dict(eps=0.2, beta=0.08, inner_steps=1, format_score=0.0),

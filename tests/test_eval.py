@@ -270,7 +270,7 @@ def read_samples(out):
 def test_parse_args_defaults():
     grid_of = lambda a: (a.gen_length, a.block_length, a.steps, a.limit)  # noqa: E731
     toy_args = ev.parse_args(["--model", "m", "--task", "toy-arith", "--out", "d"])
-    assert grid_of(toy_args) == (40, [10, 40], [8, 20, 40], 200)
+    assert grid_of(toy_args) == (40, [10, 40], [8, 16, 32], 200)
     paper = ev.parse_args(["--model", "org/LLaDA-8B-Instruct", "--task", "math500", "--out", "d"])
     assert grid_of(paper) == (512, [128, 512], [64, 128, 256], None)
     assert paper.remasking == ["lcr", "rcr", "rcr-latest"] and paper.name == "LLaDA-8B-Instruct"
