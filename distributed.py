@@ -3,6 +3,7 @@
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them a script is one plain process (rank 0 of 1)
 and runs the same code path. Backend nccl on CUDA (each rank on cuda:LOCAL_RANK), gloo on CPU.
 """
+import collections
 import gc
 import os
 
@@ -86,13 +87,15 @@ def blocks(model):
 
 
 def shard(model, precision):
-    """FSDP2: one unit per block, then the root. Parameters, gradients and optimiser state live sharded; a unit's
+    """FSDP2: one unit per block, then the root (which keeps what the blocks do not: embeddings, output layer). Parameters, gradients and optimiser state live sharded; a unit's
     parameters are gathered in bf16 (precision "bf16") for its forward and backward; gradients reduce in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if precision == "bf16" else None,
                                   reduce_dtype=torch.float32)
-    for block in blocks(model):
-        fully_shard(block, mp_policy=policy)
+    uses = collections.Counter(id(q) for _, q in model.named_parameters(remove_duplicate=False))
+    for block in blocks(model):  # a block holding a tied weight (BERT's embeddings) stays with the root
+        if all(uses[id(q)] == 1 for q in block.parameters()):
+            fully_shard(block, mp_policy=policy)
     return fully_shard(model, mp_policy=policy)
 
 
