@@ -1,8 +1,8 @@
 """Remasking for masked diffusion LMs: schedules, masking scores and the remask step (Section 2.4).
 
 Paper -> code
-  Eq. 13 (schedules phi)            -> `phi`, `tokens_per_step`
-  Eq. 7  (remask step gamma)        -> `remask`
+  Eq. 13 (schedules phi)            -> `phi`, `tokens_per_step` (+ `official_linear_counts`)
+  Eq. 7  (remask step gamma)        -> `remask` (mask the highest scores), `unmask` (keep the lowest)
   Eq. 8  (random remasking, RR)     -> `random_scores`
   Eq. 9  (low-confidence, LCR)      -> `low_confidence_scores`
   Eq. 10 (running confidence, RCR)  -> `running_confidence_scores` (+ `update_running_max`)
@@ -11,18 +11,28 @@ Time: the paper's t counts down from T (all masked) to 0 (all revealed). In code
 s = 0..T-1 in rollout order (noisy -> clean); step s is the paper's step t = T - s and produces x_{t-1}.
 
 Where the code differs from the paper or the official code:
-1. Eq. 7 says "mask the n_t tokens with the highest score". We implement the same thing from the
-   other side: among the candidates, the `n_keep` with the *lowest* score stay revealed and the rest
-   get [MASK]. Selecting the kept set with `torch.topk` is what LLaDA's generate.py does, so greedy LCR
-   is token-identical to it (tests/test_sample.py checks this).
+1. Eq. 7 has two implementations that differ only in how they break exact ties at the boundary.
+   `remask` is Eq. 7 as written (the n_mask candidates with the highest score get [MASK]); the official
+   RCR selects that way. `unmask` keeps the n_keep candidates with the lowest score; LLaDA's generate.py
+   (LCR, random) selects that way. Both run `torch.topk` like their reference, and sample.py hands them
+   full rows (prompt + generation, the prompt never a candidate) because which of several equal values
+   topk picks depends on the row's length and layout. With the scores of item 4 this makes greedy LCR
+   token-identical to LLaDA, exact ties included (tests/test_sample.py), on CPU; on CUDA topk's choice
+   among ties is not specified, so identity there holds up to ties.
 2. phi(t) is read as the fraction of tokens *revealed* at time t (phi(T) = 0, phi(0) = 1), which is
    what Eq. 13 gives; the text around Eq. 7 calls the same count "masked".
-3. RCR (paper-exact, `update_running_max`): the score of a position is 1 - the running maximum of
+3. RCR (paper-exact, `update_running_max`): the score of a position is minus the running maximum of
    the confidences it has had, and *all* generated positions up to the end of the current block are
    candidates, so an early low-confidence token can be remasked later. The official code instead
-   overwrites a position's confidence with its latest prediction: `update_latest` (remasking
-   "rcr-latest" in sample.py).
-4. Scores are float64 so 1 - p keeps the order of p exactly (ties match LLaDA's top-k on p).
+   overwrites a position's confidence with its latest prediction (`update_latest`) and counts tokens
+   per step with its own rule (`official_linear_counts`): remasking "rcr-latest" in sample.py.
+   Its remask step is `remask` over the same candidates, with one exception: it gives the prompt and
+   the later blocks a confidence of 1.0 instead of excluding them, so a generated token whose
+   confidence is exactly 1.0 ties with them; there it may remask prompt tokens (see sample.py),
+   while we never do. Below 1.0 our selection is the official one, ties included.
+4. Scores drop the constant 1 of Eq. 9 and 10: m = -p instead of 1 - p. The order is the same, but -p
+   is exact in float32 where 1 - p rounds nearby confidences together, so topk sees exactly the values
+   (and ties) that LLaDA's and the official top-k see.
 """
 import math
 
@@ -37,6 +47,7 @@ SCHEDULES = {  # Eq. 13 as a function of r = t / T in [0, 1]; each gives 1 at r 
     "sqrt": lambda r: 1 - math.sqrt(r),
     "log": lambda r: 1 - math.log(1 + r) / math.log(2),
 }
+COUNTS = tuple(SCHEDULES) + ("linear-official",)  # what tokens_per_step accepts
 
 
 def phi(name, t, T):
@@ -51,10 +62,25 @@ def phi(name, t, T):
     return SCHEDULES[name](t / T)
 
 
+def official_linear_counts(L, T):
+    """Eq. 13 (linear) as the official code counts it: tokens revealed by each of T steps. Returns (T,) long, sum L.
+
+    From autonomousvision/mdpo, src/llada/generate.py, get_num_transfer_tokens_maskgit(mode="linear"),
+    which the official sampler (src/mdlm_generation_utils.py, diffusion_generate) uses for RCR: after step s
+    the still-masked count is floor(L * max(1 - (s + 1) / T, 1e-6)) in float64. When T does not divide L the
+    extra tokens fall where the floors jump (L = 32, T = 10: 4,3,3,3,3,4,3,3,3,3; LLaDA gives the first
+    steps one each: 4,4,3,...), and float rounding moves tokens even when T divides L (L = T = 5: 1,1,1,2,0).
+    """
+    still_masked = [math.floor(L * max(1 - (s + 1) / T, 1e-6)) for s in range(T)]  # after step s
+    revealed = torch.tensor([L - n for n in still_masked])  # (T,)
+    return torch.diff(revealed, prepend=torch.zeros(1, dtype=torch.long))  # (T,)
+
+
 def tokens_per_step(L, T, schedule="linear"):
     """Eq. 13 -> how many tokens each of the T steps reveals, in rollout order. Returns (T,) long, sum L.
 
     linear: LLaDA's rule, L // T per step with the remainder L % T given one each to the first steps.
+    linear-official: the official MDPO code's rule, `official_linear_counts`.
     others: differences of the cumulative revealed counts floor(phi(t, T) * L); the last step reveals the rest.
     """
     if T < 1 or L < 0:
@@ -63,6 +89,8 @@ def tokens_per_step(L, T, schedule="linear"):
         counts = torch.full((T,), L // T, dtype=torch.long)  # (T,)
         counts[: L % T] += 1
         return counts
+    if schedule == "linear-official":
+        return official_linear_counts(L, T)
     revealed = [math.floor(phi(schedule, T - s - 1, T) * L) for s in range(T)]  # after step s
     revealed[-1] = L
     revealed = torch.tensor(revealed).cummax(0).values.clamp(max=L)  # (T,) monotone despite float rounding
@@ -75,35 +103,52 @@ def random_scores(conf, generator=None):
 
 
 def low_confidence_scores(conf):
-    """Eq. 9 (LCR): m = 1 - p_theta(x_{t-1}^i | x_bar_t), conf (B, L) the probability of the predicted token."""
-    return 1 - conf.double()  # (B, L)
+    """Eq. 9 (LCR): m = 1 - p_theta(x_{t-1}^i | x_bar_t), returned as -p (item 4 above).
+
+    conf (B, L) the probability p of the predicted token -> (B, L), same dtype."""
+    return -conf
 
 
 def update_running_max(running, conf, predicted):
     """Eq. 10's running maximum max_{t' >= t} p(x_{t'-1}^i | x_bar_t'), updated at the predicted positions.
 
-    running (B, L) float64 so far (0 where never predicted); conf (B, L) this step; predicted (B, L) bool.
+    running (B, L) so far (0 where never predicted); conf (B, L) this step; predicted (B, L) bool.
     A position that was not re-predicted at this step keeps its running maximum.
     """
-    return torch.where(predicted, torch.maximum(running, conf.double()), running)  # (B, L)
+    return torch.where(predicted, torch.maximum(running, conf), running)  # (B, L)
 
 
 def update_latest(running, conf, predicted):
     """The official code's variant of Eq. 10: a re-predicted position takes its latest confidence."""
-    return torch.where(predicted, conf.double(), running)  # (B, L)
+    return torch.where(predicted, conf, running)  # (B, L)
 
 
 def running_confidence_scores(running):
-    """Eq. 10 (RCR): m = 1 - running maximum confidence. running (B, L) -> (B, L) float64."""
-    return 1 - running
+    """Eq. 10 (RCR): m = 1 - running maximum confidence, returned as -running (item 4 above). (B, L) -> (B, L)."""
+    return -running
 
 
-def remask(x_bar, x_pred, m, candidates, n_keep, mask_id):
-    """Eq. 7 (gamma): among the candidate positions keep the n_keep with the lowest masking score m
-    revealed (taking x_pred there) and put [MASK] back on the others; non-candidates keep x_bar.
+def remask(x_bar, x_pred, m, candidates, n_mask, mask_id):
+    """Eq. 7 (gamma) as written: among the candidate positions the n_mask with the highest masking score m
+    get [MASK], the other candidates take x_pred, and non-candidates keep x_bar.
 
     x_bar (B, L) state fed to the model; x_pred (B, L) its full prediction; m (B, L) masking scores;
-    candidates (B, L) bool, at least n_keep per row; n_keep int. Returns x_bar_{t-1} (B, L).
+    candidates (B, L) bool, at least n_mask per row; n_mask int. Returns x_bar_{t-1} (B, L).
+    """
+    mask_score = torch.where(candidates, m, -math.inf)  # (B, L)
+    masked_back = torch.zeros_like(candidates)  # (B, L)
+    if n_mask > 0:
+        masked_back.scatter_(1, torch.topk(mask_score, n_mask, dim=1).indices, True)
+    out = torch.where(candidates, x_pred, x_bar)  # (B, L)
+    return out.masked_fill(masked_back, mask_id)
+
+
+def unmask(x_bar, x_pred, m, candidates, n_keep, mask_id):
+    """Eq. 7 seen from the kept side, as LLaDA selects: among the candidate positions the n_keep with the
+    lowest masking score m take x_pred, the other candidates get [MASK], and non-candidates keep x_bar.
+
+    The same as remask(..., n_mask = candidates per row - n_keep) except when scores tie at the boundary.
+    x_bar, x_pred, m, candidates (B, L) as in `remask`, at least n_keep candidates per row. Returns (B, L).
     """
     keep_score = torch.where(candidates, -m, -math.inf)  # (B, L) the kept set is the top-n_keep of -m
     keep = torch.zeros_like(candidates)  # (B, L)

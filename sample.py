@@ -1,21 +1,44 @@
 """The denoising loop of a masked diffusion LM (Section 2.1 inference, Section 3.1 pure-Diff / semi-AR).
 
-`generate` starts from an all-[MASK] completion and, for T steps, (1) predicts every masked token
+`generate` starts from an all-[MASK] completion and, for T steps, (1) predicts the masked tokens
 with one model forward, x_{t-1} ~ p_theta(. | x_bar_t), and (2) remasks part of the prediction with
 remask.py (Eq. 7 with the scores of Eq. 8, 9 or 10). With `record=True` it also returns the
 `Trajectory` that MDPO trains on: the state fed to the model and the full prediction at every step.
 
+Paper -> code
+  Section 2.1, step 1: x_{t-1} ~ p_theta(. | x_bar_t)   -> `predict` (+ `nucleus`, `row_logits`)
+  Section 2.1, step 2: x_bar_{t-1} = gamma(x_{t-1}, t)  -> remask.py, Eq. 7-10 and 13, called from `generate`
+  Eq. 3: the trajectory {x_bar_t, x_{t-1}, log p_theta}  -> `Trajectory`
+
 pure-Diff is block_length == gen_length; semi-AR is a smaller block that divides gen_length, the
 blocks being denoised left to right with steps // n_blocks steps each (as in LLaDA's generate.py).
 
-Where the code differs from LLaDA's generate.py (greedy LCR is token-identical to it):
+Where the code differs from LLaDA's generate.py (greedy LCR is token-identical to it, ties included,
+on CPU: see remask.py, item 1) and from the official MDPO code (src/mdlm_generation_utils.py):
 1. Confidences are a float32 softmax even for a bf16 model (LLaDA takes the softmax in the model dtype).
-2. Positions beyond the current block are still predicted (LLaDA predicts them too and discards them);
-   we keep those predictions in `x_pred`, since that full sequence is what an intermediate reward scores.
-3. Sampling is Gumbel-max, argmax(logits / temperature + g), in float64: the same distribution as
-   LLaDA's exp(logits) / (-log u)^temperature, without overflowing exp.
+2. A step predicts only the positions it uses: the masked ones up to the end of the current block, and
+   with record=True every masked position, whose predictions `x_pred` keeps because that full sequence
+   is what an intermediate reward scores. LLaDA predicts every position and discards the rest. When the
+   model ends in a plain Linear output layer, that layer runs on those rows only, a few at a time
+   (`row_logits`), which gives the same logits as the full forward (the parity tests check it on CPU).
+3. Sampling is an exponential race, argmax q / E with E ~ Exp(1) (what torch.multinomial does for
+   one draw), in float32 on the needed rows: the same distribution as LLaDA's float64 Gumbel-max. On CPU
+   torch draws E in double precision before rounding it, so the noise cuts off no unlikely token (we have
+   not checked torch's CUDA generator).
 4. The [MASK] token itself is never predicted (its logit is set to -inf): a revealed [MASK] would be
    indistinguishable from a masked position. A trained model never predicts it, so nothing else changes.
+5. Confidence at temperature > 0 (or top_p < 1): LLaDA orders tokens by softmax(logits)
+   (confidence="model"), the official code by the probability of the token under the distribution it
+   samples from, softmax(logits / temperature) renormalised over the top-p nucleus ("sampling").
+   The default is "sampling" for rcr-latest and "model" otherwise; at temperature 0 without top-p they agree.
+6. top_p < 1 keeps the official code's nucleus (`nucleus`), which it applies even at temperature 0 (its
+   evaluation uses 0.95): the argmax is unchanged but the confidences are renormalised over the nucleus.
+7. rcr-latest is the official RCR: latest confidence (remask.py, item 3), "sampling" confidence, and
+   the official token counts (schedule "linear-official"; pass schedule="linear" for LLaDA's counts).
+   The official RCR gives the prompt a confidence of 1.0 instead of excluding it, so when generated
+   confidences reach exactly 1.0 it can remask prompt tokens and then rewrite them with the model's
+   prediction (a bug). We never touch the prompt.
+8. A [MASK] inside the prompt is left alone here; LLaDA's generate.py fills it like a generated one.
 
 Command line (a toy checkpoint or any HF masked diffusion LM):
     python sample.py --model out/toy-base --prompt "nums 3 5 7 -> 22" --remasking rcr --show
@@ -29,10 +52,13 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from remask import (low_confidence_scores, random_scores, remask, running_confidence_scores,
-                    tokens_per_step, update_latest, update_running_max)
+from remask import (COUNTS, low_confidence_scores, random_scores, remask, running_confidence_scores,
+                    tokens_per_step, unmask, update_latest, update_running_max)
 
 REMASKING = ("lcr", "rcr", "rcr-latest", "random")
+CONFIDENCE = ("model", "sampling")
+ROWS = 64  # fewest rows per output-layer matmul (shorter chunks are padded: see `row_logits`)
+CHUNK_ELEMENTS = 2 ** 21  # logits computed at once, about (rows, V) <= 8 MiB in float32, at least ROWS rows
 
 
 @dataclass
@@ -40,8 +66,8 @@ class Trajectory:
     """One batch of rollouts, generation region only, steps in rollout order s = 0..T-1 (noisy -> clean).
 
     x_bar (T, B, L): state fed to the model at step s.  x_pred (T, B, L): its full prediction x_{t-1}.
-    conf (T, B, L): probability of each predicted token (1 where x_bar was already revealed).
-    logp (T, B, L): its log-probability under the sampling distribution (0 where already revealed).
+    conf (T, B, L): the confidence that ordered the remasking (see `generate`; 1 where x_bar was revealed).
+    logp (T, B, L): log-probability of the token under the distribution it was drawn from (0 where revealed).
     prompt (B, P); attention_mask (B, P + L) or None.
     """
     x_bar: torch.Tensor
@@ -52,21 +78,37 @@ class Trajectory:
     attention_mask: torch.Tensor | None
 
 
-def predict(logits, temperature, mask_id, generator=None):
-    """Draw x_{t-1} from p_theta(. | x_bar_t): greedy at temperature 0, else Gumbel-max. [MASK] is never drawn.
+def nucleus(logits, top_p):
+    """Top-p filter as the official code's top_p_logits: sort by probability, keep the tokens up to and
+    including the first whose cumulative probability exceeds top_p, set the others to -inf. (n, V) -> (n, V)."""
+    sorted_logits, order = logits.sort(-1, descending=True)  # (n, V) each
+    over = F.softmax(sorted_logits, -1).cumsum(-1) > top_p  # (n, V)
+    drop = torch.cat([torch.zeros_like(over[..., :1]), over[..., :-1]], -1)  # (n, V) shifted: keep the first over
+    return logits.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), -torch.inf)
 
-    logits (B, L, V) -> tokens (B, L), conf = softmax(logits) at the token (B, L) (LLaDA's confidence),
-    logp = log softmax(logits / temperature) at the token (B, L) (temperature 0 scores at temperature 1).
+
+def predict(logits, temperature, mask_id, generator=None, top_p=1.0, confidence="model"):
+    """Draw x_{t-1} from q = softmax(nucleus(logits / temperature)): greedy at temperature 0, where q uses
+    temperature 1; [MASK] is never drawn.
+
+    logits (..., V) -> tokens (...), conf (...), logp (...) with logp = log q(token), the distribution
+    drawn from, and conf = q(token) for confidence="sampling" or softmax(logits)(token) for "model" (LLaDA).
     """
-    logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), -torch.inf)  # (B, L, V)
-    if temperature > 0:
-        u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=logits.device)
-        tokens = (logits.double() / temperature - torch.log(-torch.log(u))).argmax(-1)  # (B, L)
+    z = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), -torch.inf)  # (..., V)
+    s = z / temperature if temperature > 0 else z  # (..., V)
+    if top_p < 1:
+        s = nucleus(s, top_p)
+    q = F.softmax(s, -1)  # (..., V)
+    if temperature > 0:  # exponential race: P(argmax q_v / E_v = v) = q_v
+        tokens = (q / torch.empty_like(q).exponential_(generator=generator)).argmax(-1)  # (...)
     else:
-        tokens = logits.argmax(-1)  # (B, L)
-    conf = F.softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]  # (B, L)
-    logp = F.log_softmax(logits / (temperature if temperature > 0 else 1.0), -1).gather(-1, tokens[..., None])[..., 0]
-    return tokens, conf, logp
+        tokens = s.argmax(-1)  # (...)
+    q_tok = q.gather(-1, tokens[..., None])[..., 0]  # (...)
+    if confidence == "model" and (temperature > 0 or top_p < 1):
+        conf = F.softmax(z, -1).gather(-1, tokens[..., None])[..., 0]  # (...)
+    else:
+        conf = q_tok
+    return tokens, conf, q_tok.log()
 
 
 def model_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id):
@@ -81,48 +123,134 @@ def model_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id):
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
 
+def output_layer(model):
+    """The model's last layer, hidden -> V logits, if it is a plain nn.Linear (HF get_output_embeddings), else None."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
+def hidden_states(model, head, x, attention_mask):
+    """One forward that stops at `head`: returns its input (B, S, H) at every position, or None if the
+    model's logits are not head(hidden) exactly (it scales or casts them after the layer, say).
+
+    A forward pre-hook passes only the first position on to `head`, so the model computes logits there
+    alone, and comparing them with our own head(h) there checks that nothing happens after the layer.
+    """
+    seen = []
+
+    def first_position_only(module, args):
+        seen.append(args[0])
+        return (args[0][:, :1],)
+
+    handle = head.register_forward_pre_hook(first_position_only)
+    try:
+        logits = model(x, attention_mask=attention_mask).logits  # (B, 1, V)
+    except RuntimeError:  # the model needs logits for every position (it reshapes them, say)
+        return None
+    finally:
+        handle.remove()
+    if len(seen) != 1 or seen[0].shape[:-1] != x.shape:
+        return None
+    return seen[0] if torch.equal(logits, head(seen[0][:, :1]).to(logits.dtype)) else None
+
+
+def row_logits(model, head, x, attention_mask, prompt_len, cfg_scale, mask_id):
+    """One forward on x (B, S); returns (logits_at, chunk, head): logits_at(rows) gives the logits (n, V)
+    at the flat positions rows (n,) of x, n <= chunk, and head is None when the model turned out not to allow
+    computing only those (then logits_at indexes the full logits).
+
+    With an output layer `head`, the forward stops before it and logits_at applies it to the requested rows,
+    padded to at least ROWS: a BLAS gives a row the same bits in a matmul of many rows as in the full one,
+    but not always in one of a handful of rows (with torch 2.13 on an x86 CPU, 1-3, 5-7 and 9-11 rows differ).
+    """
+    both, both_mask = x, attention_mask
+    if cfg_scale > 0:
+        x_uncond = x.clone()
+        x_uncond[:, :prompt_len] = mask_id
+        both = torch.cat([x, x_uncond])  # (2B, S)
+        both_mask = None if attention_mask is None else attention_mask.repeat(2, 1)
+    h = None if head is None else hidden_states(model, head, both, both_mask)  # (B or 2B, S, H)
+    if h is None:
+        full = model_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id).flatten(0, 1)  # (B*S, V)
+        return (lambda rows: full[rows]), max(ROWS, CHUNK_ELEMENTS // full.shape[-1]), None
+    h, n_cond = h.flatten(0, 1), x.numel()  # (B*S or 2B*S, H)
+
+    def logits_at(rows):
+        padded = torch.cat([rows, rows[:1].expand(max(ROWS - len(rows), 0))])  # (>= ROWS,)
+        cond = head(h[padded])  # (>= ROWS, V)
+        if cfg_scale > 0:
+            uncond = head(h[padded + n_cond])  # (>= ROWS, V)
+            cond = uncond + (cfg_scale + 1) * (cond - uncond)
+        return cond[: len(rows)]
+    return logits_at, max(ROWS, CHUNK_ELEMENTS // head.out_features), head
+
+
+def predict_rows(logits_at, chunk_rows, x, need, temperature, top_p, confidence, mask_id, generator):
+    """x_{t-1} at the positions need (B, S) bool, chunk_rows at a time: x_pred (B, S) (x elsewhere),
+    conf (B, S) (1 elsewhere) and logp (B, S) (0 elsewhere), as `predict` gives them."""
+    rows = need.flatten().nonzero()[:, 0]  # (n,) flat positions
+    x_pred, conf = x.flatten().clone(), torch.ones(x.numel(), device=x.device)  # (B*S,) each
+    logp = torch.zeros(x.numel(), device=x.device)  # (B*S,)
+    for start in range(0, len(rows), chunk_rows):
+        chunk = rows[start:start + chunk_rows]  # (<= chunk_rows,)
+        x_pred[chunk], conf[chunk], logp[chunk] = predict(logits_at(chunk), temperature, mask_id, generator,
+                                                          top_p, confidence)
+    return x_pred.view_as(x), conf.view_as(x), logp.view_as(x)
+
+
 @torch.no_grad()
 def generate(model, prompt_ids, *, attention_mask=None, gen_length=128, block_length=128, steps=64,
-             remasking="lcr", schedule="linear", temperature=0.0, cfg_scale=0.0, mask_id,
-             record=False, generator=None, top_p=1.0, confidence=None):  # COMPAT-TEMP
+             remasking="lcr", schedule=None, temperature=0.0, top_p=1.0, confidence=None, cfg_scale=0.0,
+             mask_id, record=False, generator=None):
     """Denoise gen_length tokens after prompt_ids (B, P), left-padded when attention_mask (B, P) is given.
 
-    Returns x (B, P + gen_length), and the Trajectory as well when record=True.
+    schedule: how many tokens each step reveals (remask.COUNTS); None = "linear-official" for rcr-latest,
+    else "linear" (LLaDA). temperature 0 is greedy; top_p < 1 samples from the nucleus (official code).
+    confidence: "model" (LLaDA) or "sampling" (official code), see item 5 above; None = "sampling" for
+    rcr-latest, else "model". Returns x (B, P + gen_length), and the Trajectory as well when record=True.
     """
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    official = remasking == "rcr-latest"
+    schedule = schedule or ("linear-official" if official else "linear")
+    confidence = confidence or ("sampling" if official else "model")
+    for name, value, allowed in (("remasking", remasking, REMASKING), ("schedule", schedule, COUNTS),
+                                 ("confidence", confidence, CONFIDENCE)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if gen_length % block_length:
         raise ValueError(f"block_length {block_length} must divide gen_length {gen_length}")
     n_blocks = gen_length // block_length
     if steps % n_blocks:
         raise ValueError(f"steps {steps} must be a multiple of the number of blocks {n_blocks}")
     B, P, L, dev = *prompt_ids.shape, gen_length, prompt_ids.device
-    x = torch.cat([prompt_ids, torch.full((B, L), mask_id, dtype=torch.long, device=dev)], 1)  # (B, P+L)
+    x = torch.cat([prompt_ids, torch.full((B, L), mask_id, dtype=torch.long, device=dev)], 1)  # (B, S = P+L)
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, torch.ones(B, L, dtype=attention_mask.dtype, device=dev)], 1)
     k = tokens_per_step(block_length, steps // n_blocks, schedule).tolist()  # tokens revealed per step
-    running = torch.zeros(B, L, dtype=torch.float64, device=dev)  # RCR running confidence
-    update = update_latest if remasking == "rcr-latest" else update_running_max
-    pos = torch.arange(L, device=dev)  # (L,)
-    rec = []
+    pos = torch.arange(P + L, device=dev)  # (S,)
+    generated = (pos >= P).expand(B, P + L)  # (B, S)
+    # We work on full rows (prompt + generation) because LLaDA's and the official top-k do: see remask.py.
+    running = torch.zeros(B, P + L, device=dev)  # (B, S) RCR running confidence
+    update = update_latest if official else update_running_max
+    head, rec = output_layer(model), []
     for b in range(n_blocks):
-        in_reach = (pos < (b + 1) * block_length).expand(B, L)  # (B, L) up to the end of this block
-        for i, n_reveal in enumerate(k):
-            x_bar = x[:, P:]  # (B, L)
-            masked = x_bar == mask_id  # (B, L)
-            logits = model_logits(model, x, attention_mask, P, cfg_scale, mask_id)[:, P:]  # (B, L, V)
-            tokens, conf, logp = predict(logits, temperature, mask_id, generator)  # (B, L) each
-            x_pred = torch.where(masked, tokens, x_bar)  # (B, L)
-            if remasking in ("rcr", "rcr-latest"):
+        in_reach = generated & (pos < P + (b + 1) * block_length)  # (B, S) generated, up to this block's end
+        for i in range(len(k)):
+            masked = (x == mask_id) & generated  # (B, S)
+            logits_at, chunk_rows, head = row_logits(model, head, x, attention_mask, P, cfg_scale, mask_id)
+            x_pred, conf, logp = predict_rows(logits_at, chunk_rows, x, masked if record else masked & in_reach,
+                                              temperature, top_p, confidence, mask_id, generator)  # (B, S) each
+            if remasking in ("rcr", "rcr-latest"):  # reveal everything in reach, remask what is still due
                 running = update(running, conf, masked & in_reach)
-                m, candidates = running_confidence_scores(running), in_reach
-                n_keep = b * block_length + sum(k[: i + 1])  # everything revealed so far, up to this block
+                x_next = remask(x, x_pred, running_confidence_scores(running), in_reach, sum(k[i + 1:]), mask_id)
             else:
                 m = low_confidence_scores(conf) if remasking == "lcr" else random_scores(conf, generator)
-                candidates, n_keep = masked & in_reach, n_reveal
-            x = torch.cat([x[:, :P], remask(x_bar, x_pred, m, candidates, n_keep, mask_id)], 1)
+                x_next = unmask(x, x_pred, m, masked & in_reach, k[i], mask_id)
             if record:
-                rec.append((x_bar, x_pred, torch.where(masked, conf, 1.0), torch.where(masked, logp, 0.0)))
+                rec.append((x[:, P:], x_pred[:, P:], conf[:, P:], logp[:, P:]))
+            x = x_next
     if not record:
         return x
     x_bars, x_preds, confs, logps = (torch.stack(v) for v in zip(*rec))  # (T, B, L) each
@@ -228,8 +356,14 @@ def main():
     p.add_argument("--steps", type=int, default=20, help="denoising steps T over all blocks (paper: 64/128/256)")
     p.add_argument("--remasking", default="lcr", choices=REMASKING,
                    help="lcr (Eq. 9, LLaDA), rcr (Eq. 10, paper), rcr-latest (official code's RCR), random (Eq. 8)")
-    p.add_argument("--schedule", default="linear", help="Eq. 13 schedule: linear cosine square cubic exp sqrt log")
+    p.add_argument("--schedule", default=None, choices=COUNTS,
+                   help="Eq. 13 token counts (default: linear-official for rcr-latest, else linear as in LLaDA)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper's evaluation)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling, 1 = off (official evaluation: 0.95, applied even at temperature 0)")
+    p.add_argument("--confidence", default=None, choices=CONFIDENCE,
+                   help="what orders remasking: model = softmax(logits) (LLaDA), sampling = probability under "
+                        "the tempered top-p distribution (official code); default sampling for rcr-latest, else model")
     p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (LLaDA; 0 = off)")
     p.add_argument("--mask-id", type=int, default=None, help="[MASK] id if the tokenizer does not say (LLaDA: 126336)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (needed for LLaDA)")
@@ -245,8 +379,9 @@ def main():
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     x, traj = generate(model, ids.to(args.device), attention_mask=attn.to(args.device), gen_length=args.gen_length,
                        block_length=args.block_length, steps=args.steps, remasking=args.remasking,
-                       schedule=args.schedule, temperature=args.temperature, cfg_scale=args.cfg_scale,
-                       mask_id=mask_id, record=True, generator=gen)
+                       schedule=args.schedule, temperature=args.temperature, top_p=args.top_p,
+                       confidence=args.confidence, cfg_scale=args.cfg_scale, mask_id=mask_id, record=True,
+                       generator=gen)
     if args.show:
         show(tokenizer, traj, mask_id)
     print(decode_completions(tokenizer, x[:, ids.shape[1]:])[0])

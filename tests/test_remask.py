@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from remask import (SCHEDULES, low_confidence_scores, phi, random_scores, remask, running_confidence_scores,
-                    tokens_per_step, update_latest, update_running_max)
+from remask import (SCHEDULES, low_confidence_scores, official_linear_counts, phi, random_scores, remask,
+                    running_confidence_scores, tokens_per_step, unmask, update_latest, update_running_max)
 from sample import generate
 
 
@@ -59,34 +59,82 @@ def test_tokens_per_step_sums_to_L(name, L, T):
     assert counts.shape == (T,) and counts.sum().item() == L and (counts >= 0).all()
 
 
+def test_tokens_per_step_official_by_hand():
+    # L = 32, T = 10: still masked after step s = floor(32 * (1 - (s + 1) / 10)), in float64
+    #   0.9 -> 28.8 -> 28 (4 revealed); 0.8 -> 25.6 -> 25 (+3); 0.7 -> 22.4 -> 22 (+3); 0.6 -> 19.2 -> 19 (+3)
+    #   0.5 -> 16 (+3); 0.4 -> 12.8 -> 12 (+4); 0.3 -> 9.6 -> 9 (+3); 0.2 -> 6.4 -> 6 (+3); 0.1 -> 3.2 -> 3 (+3)
+    #   last: max(0, 1e-6) * 32 -> 0 (+3)
+    assert official_linear_counts(32, 10).tolist() == [4, 3, 3, 3, 3, 4, 3, 3, 3, 3]
+    assert tokens_per_step(32, 10, "linear").tolist() == [4, 4, 3, 3, 3, 3, 3, 3, 3, 3]  # LLaDA: remainder first
+    # L = T = 5: 1 - 0.2 = 0.8 -> 4.0 -> 4 (1);  1 - 0.4 = 0.59999999999999998 -> 5 * that rounds to 3.0 (+1)
+    #   1 - 0.6 = 0.40000000000000002 -> 2.0000000000000001 -> 2 (+1)
+    #   1 - 0.8 = 0.19999999999999996 -> 0.9999999999999998 -> 0 (+2);  last: 1e-6 * 5 -> 0 (+0)
+    assert tokens_per_step(5, 5, "linear-official").tolist() == [1, 1, 1, 2, 0]
+    assert tokens_per_step(8, 4, "linear-official").tolist() == [2, 2, 2, 2]  # 6, 4, 2, 0 still masked
+    for L, T in [(128, 64), (40, 12), (7, 9), (512, 256)]:
+        counts = official_linear_counts(L, T)
+        assert counts.sum().item() == L and (counts >= 0).all()
+
+
 def test_scores_by_hand():
     conf = torch.tensor([[0.9, 0.25, 0.5]])
-    assert low_confidence_scores(conf).tolist() == [[pytest.approx(0.1), 0.75, 0.5]]  # 1 - p
+    # Eq. 9 without its constant 1: m = -p, so that p's float32 values (and ties) are kept exactly
+    assert torch.equal(low_confidence_scores(conf), torch.tensor([[-0.9, -0.25, -0.5]]))
+    near_one = torch.tensor([[1 - 2 ** -24, 1.0]])  # distinct in float32 ...
+    assert (1 - near_one).double().unique().numel() == 2 and low_confidence_scores(near_one).unique().numel() == 2
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     r = random_scores(conf, g1)
     assert r.shape == (1, 3) and ((r >= 0) & (r < 1)).all() and torch.equal(r, random_scores(conf, g2))
-    running = torch.tensor([[0.8, 0.0, 0.3]], dtype=torch.float64)
+    running = torch.tensor([[0.8, 0.0, 0.3]])
     predicted = torch.tensor([[True, True, False]])
     # running max: max(0.8, 0.9) = 0.9; max(0, 0.25) = 0.25; not predicted -> keeps 0.3
     new = update_running_max(running, conf, predicted)
-    assert new.tolist() == [[pytest.approx(0.9), 0.25, 0.3]]
-    assert running_confidence_scores(new).tolist() == [[pytest.approx(0.1), 0.75, pytest.approx(0.7)]]
+    assert torch.equal(new, torch.tensor([[0.9, 0.25, 0.3]]))
+    assert torch.equal(running_confidence_scores(new), torch.tensor([[-0.9, -0.25, -0.3]]))
     # official variant: a drop in confidence overwrites the running value (0.8 -> 0.2)
     drop = torch.tensor([[0.2, 0.25, 0.5]])
-    assert update_latest(running, drop, predicted).tolist() == [[pytest.approx(0.2), 0.25, 0.3]]
-    assert update_running_max(running, drop, predicted).tolist() == [[0.8, 0.25, 0.3]]
+    assert torch.equal(update_latest(running, drop, predicted), torch.tensor([[0.2, 0.25, 0.3]]))
+    assert torch.equal(update_running_max(running, drop, predicted), torch.tensor([[0.8, 0.25, 0.3]]))
 
 
-def test_remask_by_hand():
+def test_remask_and_unmask_by_hand():
     M = 9
     x_bar = torch.tensor([[M, M, 4, M, M, M]])
     x_pred = torch.tensor([[1, 2, 4, 3, 5, 6]])
-    m = torch.tensor([[0.1, 0.5, 0.0, 0.3, 0.9, 0.2]], dtype=torch.float64)
+    m = torch.tensor([[0.1, 0.5, 0.0, 0.3, 0.9, 0.2]])
     cand = torch.tensor([[True, True, False, True, True, False]])  # pos 2 revealed, pos 5 in a later block
     # keep the 2 lowest scores among candidates {0: 0.1, 1: 0.5, 3: 0.3, 4: 0.9} -> positions 0 and 3
-    out = remask(x_bar, x_pred, m, cand, 2, M)
-    assert out.tolist() == [[1, M, 4, 3, M, M]]
-    assert remask(x_bar, x_pred, m, cand, 0, M).tolist() == [[M, M, 4, M, M, M]]
+    assert unmask(x_bar, x_pred, m, cand, 2, M).tolist() == [[1, M, 4, 3, M, M]]
+    assert unmask(x_bar, x_pred, m, cand, 0, M).tolist() == [[M, M, 4, M, M, M]]
+    # Eq. 7 as written: mask the 2 highest (0.9 at 4, 0.5 at 1) -> the same state
+    assert remask(x_bar, x_pred, m, cand, 2, M).tolist() == [[1, M, 4, 3, M, M]]
+    assert remask(x_bar, x_pred, m, cand, 0, M).tolist() == [[1, 2, 4, 3, 5, M]]  # every candidate revealed
+    # a non-candidate is never masked, even with the highest score (pos 5 keeps x_bar = M, pos 2 keeps 4)
+    high = torch.tensor([[0.1, 0.5, 5.0, 0.3, 0.9, 7.0]])
+    assert remask(torch.tensor([[M, M, 4, M, M, 8]]), x_pred, high, cand, 1, M).tolist() == [[1, 2, 4, 3, M, 8]]
+
+
+def test_remask_and_unmask_break_ties_like_their_references():
+    # Five candidates tie at m = -1 (confidence 1.0); the prompt (first 5 positions) is never a candidate.
+    # LLaDA keeps topk(confidence, k) over the full row. The official RCR masks topk(largest=False) of its
+    # running confidence over the full row; it gives non-candidates 1.0, which would tie here (remask.py,
+    # item 3), so we compare with +inf there, which is what it amounts to for any confidence below 1.0.
+    M, P = 9, 5
+    conf = torch.tensor([[0.0] * P + [1.0, 1.0, 1.0, 0.5, 1.0, 1.0]])
+    cand = torch.tensor([[False] * P + [True] * 6])
+    x_bar, x_pred = torch.full((1, P + 6), M), torch.arange(P + 6)[None]
+    llada_keep = torch.topk(torch.where(cand, conf, -torch.inf)[0], 3).indices
+    expect = torch.full((1, P + 6), M)
+    expect[0, llada_keep] = x_pred[0, llada_keep]
+    assert torch.equal(unmask(x_bar, x_pred, -conf, cand, 3, M), expect)
+    official_mask = torch.topk(torch.where(cand, conf, torch.inf)[0], 3, largest=False).indices
+    expect = torch.where(cand, x_pred, x_bar)
+    expect[0, official_mask] = M
+    assert torch.equal(remask(x_bar, x_pred, -conf, cand, 3, M), expect)
+    # the ties are real: on the generation-only row topk picks other positions
+    assert not torch.equal(torch.topk(conf[0, P:], 3).indices.sort().values + P, llada_keep.sort().values)
+    gen_only = torch.topk(conf[0, P:], 3, largest=False).indices.sort().values + P
+    assert not torch.equal(gen_only, official_mask.sort().values)
 
 
 def scripted_model(mask_id, V=8):
