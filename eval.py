@@ -59,7 +59,8 @@ def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, step
             batch = examples[start:start + batch_size]
             ids, attn = sample.encode_prompts(tokenizer, texts[start:start + batch_size], system)  # (B, P) each
             result = sample.generate(model, ids.to(device), attention_mask=attn.to(device), gen_length=gen_length,
-                                     block_length=block_length, steps=steps, remasking=remasking, schedule=schedule,
+                                     block_length=block_length, steps=steps, remasking=remasking,
+                                     schedule=None if schedule == "linear" else schedule,  # rcr-latest: its own linear
                                      temperature=temperature, top_p=top_p, mask_id=mask_id, record=trajectory,
                                      generator=generator)
             x, traj = result if trajectory else (result, None)  # x (B, P + L)
@@ -269,7 +270,7 @@ def parse_args(argv=None):
     p.add_argument("--remasking", default="lcr,rcr,rcr-latest",
                    help="comma list of lcr, rcr (paper's running max), rcr-latest (authors' code), random")
     p.add_argument("--schedule", default="linear", help="comma list of Eq. 13 schedules (App. B.2): "
-                   "linear cosine square cubic exp sqrt log (paper: linear)")
+                   "linear cosine square cubic exp sqrt log (paper: linear; rcr-latest's linear is the authors' count)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper's evaluation)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus (authors' evaluation: 0.95, also when "
                    "greedy; toy default 1.0 = off)")
