@@ -86,7 +86,7 @@ def blocks(model):
     return [m for m in model.modules() if type(m).__name__ in (getattr(model, "_no_split_modules", None) or [])]
 
 
-def shard(model, precision):
+def shard(model, precision, reshard_root=False):
     """FSDP2: one unit per block, then the root (which keeps what the blocks do not: embeddings, output layer). Parameters, gradients and optimiser state live sharded; a unit's
     parameters are gathered in bf16 (precision "bf16") for its forward and backward; gradients reduce in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -96,7 +96,9 @@ def shard(model, precision):
     for block in blocks(model):  # a block holding a tied weight (BERT's embeddings) stays with the root
         if all(uses[id(q)] == 1 for q in block.parameters()):
             fully_shard(block, mp_policy=policy)
-    return fully_shard(model, mp_policy=policy)
+    # FSDP2 keeps a root's parameters gathered from its forward until its backward; a model that never runs a
+    # backward (the frozen reference) would keep them for good: reshard_root frees them after every forward
+    return fully_shard(model, mp_policy=policy, reshard_after_forward=True if reshard_root else None)
 
 
 def checkpoint_blocks(model):

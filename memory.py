@@ -7,14 +7,14 @@
 Items, bytes per GPU (N parameters, W ranks sharing them (1 under DDP), c bytes of the compute dtype, g of a gathered
 parameter, b micro-batch rows, S = prompt + L generated tokens, V vocabulary, B rows per sampler forward):
   params, grads, adam  fp32 weights and gradients 4N/W each, AdamW m and v 8N/W (DDP: 4N more in gradient buckets)
-  ref, ref_root        the frozen reference, fp32, sharded like the policy, 4N/W; its root unit (embeddings, head) stays
-                       gathered, g x root parameters: FSDP2 reshards a root only after a backward, and it has none
+  ref                  the frozen reference, fp32, sharded like the policy, 4N/W; its root unit (embeddings, head) is
+                       resharded after each of its forwards (distributed.shard reshard_root), so none stays gathered
   root, blocks         the policy's root unit, gathered from its first forward to its backward; 2 blocks: the one
                        computing and the next one's all-gather (forward) or prefetch (backward)
   activations          `block_saved` x layers x b S (checkpointing: each block's input + one block's saved tensors)
   logits               `logits_bytes`: max(c b S V + 8 b L V, 12 b L V), the training forward's log-softmax head
   rollout/eval step    c B S V of a forward's logits + sampler_bytes x B L V held by sample.predict
-  load                 8N: train.build puts the policy and the reference in full on every GPU, then shards them
+  load                 train.build loads the policy in full, shards it, then loads the reference: 4N + 4N/W (DDP 8N)
 Each phase (build, rollout, train, optimizer, evaluation, checkpoint) sums what it holds (`peak_bytes`); the peak is the
 largest phase, not the sum of all items. Assumptions (each a flag):
 1. Attention "flash" saves q, k, v, out and the log-sum-exp; "math" materialises fp32 probabilities (b, heads, S, S).
@@ -78,7 +78,6 @@ class Run:
     attention: str = "flash"
     sampler_bytes: int = 8
     device: str = "cuda"
-    eval_before_save: bool = True  # --eval-every: a checkpoint follows an evaluation, whose forward gathered the root
     unsharded_grads: bool = False  # the old FSDP accumulation: full-size gradients kept until the last micro-batch
     fp32_gather: bool = False      # the old FSDP policy: units gathered in fp32, autocast casts every weight to bf16
 
@@ -175,7 +174,6 @@ def peak_bytes(s, run=Run()):
         buckets=0 if fsdp else 4 * N,  # DDP's flat gradient buckets (gradient_as_bucket_view=False)
         adam=8 * N // W + 4 * n_tensors(s),
         ref=4 * N // W if run.reference else 0,
-        ref_root=g * Nr if fsdp and run.reference else 0,
         root=g * Nr if fsdp else 0,
         blocks=2 * g * Nb if fsdp else 0,
         casts=2 * cast_params(s) if c == 2 and (run.fp32_gather or not fsdp) else 0,  # autocast keeps them to backward
@@ -194,9 +192,9 @@ def peak_bytes(s, run=Run()):
         eval_step=sampler_step(s, run, run.eval_batch),
         # consolidated weights: on a GPU one full fp32 parameter at a time (then on rank 0's host), on a CPU all
         full_weights=4 * N if run.device == "cpu" else 4 * V * s.d,
-        load=4 * N * (1 + run.reference),  # train.build: policy and reference loaded in full, fp32, then sharded
+        load=4 * N + (4 * N // W if fsdp else 4 * N) * run.reference,  # train.build: the policy sharded first
         context=GiB if run.device == "cuda" else 0)  # assumption 3
-    persistent = i["params"] + i["buckets"] + i["adam"] + i["ref"] + i["ref_root"] + i["context"]
+    persistent = i["params"] + i["buckets"] + i["adam"] + i["ref"] + i["context"]
     sampler = persistent + i["casts"] + i["root"]  # then 2 blocks during the blocks, none during the head
     # backward: at its start everything saved is held; at its end (the root's reduce-scatter) nothing is
     backward = max(i["casts"] + i["activations"] + i["head_grad"] + max(i["logits"], i["unit_reduce"]),
@@ -206,21 +204,21 @@ def peak_bytes(s, run=Run()):
               "train": persistent + i["grads"] + i["unsharded"] + i["root"] + i["blocks"] + backward,
               "optimizer": persistent + i["grads"] + i["adam_temp"],
               "evaluation": sampler + max(i["blocks"] + run.eval_batch * S * per_block, i["eval_step"]),
-              "checkpoint": persistent + (i["root"] if run.eval_before_save else 0) + i["full_weights"]}
+              "checkpoint": persistent + i["full_weights"]}  # train.release resharded the root after evaluation
     top = max(phases, key=phases.get)
     return {"items": i, "phases": phases, "peak": (top, phases[top])}
 
 
 LABELS = dict(params="parameters, fp32", grads="gradients, fp32", unsharded="gradients kept unsharded (old FSDP)",
               buckets="DDP gradient buckets", adam="AdamW m, v", ref="reference model, fp32",
-              ref_root="reference root unit, left gathered", root="policy root unit, gathered",
+              root="policy root unit, gathered",
               blocks="2 gathered blocks", casts="autocast bf16 weight copies", activations="activations, 1 micro-batch",
               logits="logits / log-softmax (b, L, V)", head_grad="head gradient, held in the backward",
               unit_reduce="a block's gradient reduce-scatter", root_reduce="the root's gradient reduce-scatter",
               adam_temp="AdamW step temporaries", nograd_block="a block's tensors, sampler forward",
               rollout_step="sampler step head, rollouts", trajectory="recorded trajectories",
               eval_step="sampler step head, evaluation", full_weights="consolidated-weights gather",
-              load="policy + reference in full, loading", context="CUDA context, NCCL (assumed)")
+              load="loading: policy in full, then sharded + reference in full", context="CUDA context, NCCL (assumed)")
 
 
 def markdown_table(s=LLADA_8B, run=Run()):
@@ -253,7 +251,7 @@ FIXES = {"gradients sharded after every micro-batch": ("fp32, grads unsharded (o
 
 def variant_run(name):
     return Run(world=2, prompt_len=P_TOY, steps=T_STEPS, rollout_batch=G, rollouts_per_rank=G, device="cpu",
-               sampler_bytes=SAMPLER_BYTES_NOW, eval_before_save=False, **VARIANTS[name])
+               sampler_bytes=SAMPLER_BYTES_NOW, **VARIANTS[name])
 
 
 def to_local(t):
@@ -378,7 +376,7 @@ def modelled_items(s, run):
     i = peak_bytes(s, run)["items"]
     saved = i["activations"] + 4 * run.micro_batch * run.gen_length * s.vocab + i["casts"]  # + the log-softmax
     return {"params": i["params"], "ref": i["ref"], "adam": i["adam"], "policy root gathered after rollout": i["root"],
-            "gradient shards after train": i["grads"], "reference root gathered": i["ref_root"],
+            "gradient shards after train": i["grads"], "reference root gathered": 0,  # resharded after its forward
             "saved tensors, micro-batch 1": None if run.checkpointing else saved}
 
 

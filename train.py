@@ -196,9 +196,15 @@ def mdpo_micro_batches(model, ref, tok, examples, args, mask_id, update, gen, st
                  accuracy=(R[:, -1] == 1).float().mean().item(), trained_steps=valid.float().mean().item(),
                  adv_abs=adv[n_idx, s_idx].abs().mean().item() if len(n_idx) else 0.0)
     P, adv = ids.shape[1], adv.to(ids.device)
+    G = args.group_size  # EXPERIMENT
+    B_row = torch.tensor([args.block_lengths[(update + n // G) % len(args.block_lengths)] for n in range(len(sel))])
+    limit = ((s_idx // (args.steps // (args.gen_length // B_row[n_idx]))) + 1) * B_row[n_idx]  # (n_valid,)
+    inblock = torch.arange(args.gen_length)[None] < limit[:, None]  # (n_valid, L)
+    only = os.environ.get("MDPO_TRAIN_POSITIONS") == "block"
     return [dict(x=torch.cat([ids[n], x_bar[s, n]], 1), attn=attn[n], targets=x_pred[s, n], P=P,  # (b, P+L), (b, L)
-                 mask=x_bar[s, n] == mask_id, adv=adv[n, s][:, None]) for n, s in  # (b, L), (b, 1)
-            zip(n_idx.to(ids.device).split(args.micro_batch), s_idx.to(ids.device).split(args.micro_batch))]
+                 mask=(x_bar[s, n] == mask_id) & (ib if only else True), adv=adv[n, s][:, None]) for n, s, ib in  # (b, L), (b, 1)
+            zip(n_idx.to(ids.device).split(args.micro_batch), s_idx.to(ids.device).split(args.micro_batch),
+                inblock.split(args.micro_batch))]
 
 
 def grpo_micro_batches(model, ref, tok, examples, args, mask_id, update, gen, stats):
@@ -290,17 +296,22 @@ def build(args, rank, world, device):
     start = str(out / "init") if args.model == "toy" else args.model
     model, tok = sample.load_model(start, device, torch.float32, args.trust_remote_code)
     mask_id = sample.resolve_mask_id(tok, model, args.mask_id)
+    if args.activation_checkpointing:
+        distributed.checkpoint_blocks(model)
+    # under FSDP the policy is sharded before the reference is loaded: one full fp32 copy on a GPU at a time
+    wrapped = distributed.shard(model, args.precision) if args.fsdp else DDP(model) if world > 1 else model
     ref = None
     if args.algo != "sft" and args.beta > 0:
         ref = sample.load_model(start, device, torch.float32, args.trust_remote_code)[0].requires_grad_(False)
-    if args.activation_checkpointing:
-        distributed.checkpoint_blocks(model)
-    if args.fsdp:
-        wrapped = distributed.shard(model, args.precision)
-        ref = distributed.shard(ref, args.precision) if ref is not None else None
-    else:
-        wrapped = DDP(model) if world > 1 else model
+        ref = distributed.shard(ref, args.precision, reshard_root=True) if args.fsdp else ref
     return model.train(), wrapped, ref, tok, mask_id
+
+
+def release(model, args):
+    """Back to training after rollouts or an evaluation; under FSDP, free the root unit they left gathered."""
+    if args.fsdp:
+        model.reshard()
+    model.train()
 
 
 def optimizer_step(model, wrapped, optimizer, items, loss_of, args, world, step, stats):
@@ -362,7 +373,7 @@ def train(args, examples, eval_examples, resume_from, rank, world, device):
             model.eval()
             items = distributed.pad_micro_batches(build_items(wrapped, ref, tok, batch, args, mask_id, step, gen, stats),
                                                   lambda it: {**it, "mask": torch.zeros_like(it["mask"])})
-            model.train()
+            release(model, args)
             trained = [len(it["mask"]) if it["mask"].any() else 0 for it in items]
             norm = [v / world for v in all_sum([sum(trained), sum(it["mask"].sum().item() for it in items),
                                                 len(batch) * args.group_size], device)]
@@ -384,7 +395,7 @@ def train(args, examples, eval_examples, resume_from, rank, world, device):
         if args.eval_every and (step % args.eval_every == 0 or step == args.max_updates):
             stats["eval_accuracy"] = evaluation.sharded_accuracy(model.eval(), tok, eval_examples, args, mask_id,
                                                                  "lcr", args.block_lengths[0], rank, world)[0]
-            model.train()
+            release(model, args)
         if step % args.save_every == 0 or step == args.max_updates or "eval_accuracy" in stats:
             new_best = stats.get("eval_accuracy", -1.0) > best
             best = max(best, stats.get("eval_accuracy", -1.0))
