@@ -8,7 +8,7 @@ What is here:
   `model(input_ids, attention_mask=...).logits` has the same interface as LLaDA.
 - `make_task`: deterministic toy problems that mirror the paper's two tasks and are scored by the
   same reward functions as the real ones (rewards.py):
-    toy-countdown  "nums 3 5 7 -> 22"         ->  "3*5 = 15\n15+7 = 22\n<answer>(3*5)+7</answer>"   (numbers 1..12)
+    toy-countdown  "nums 3 5 7 -> 22"         ->  "3*5 = 15\n15+7 = 22\n<answer>(3*5)+7</answer>"
     toy-arith      "a=3+4;b=a*2;b-5=?"        ->  "a = 7\nb = 14\nb-5 = 9\n\\boxed{9}"
   Completions are 25-36 tokens, so the number of blocks and steps matters as it does for LLaDA.
 
@@ -148,11 +148,10 @@ def save_fresh(path, seed):
 
 
 def _countdown_example(rng):
-    """Three numbers 1..12 and a target made by ((a o b) o c); every intermediate an integer in 1..99.
-    (1..12 rather than 1..9: 22.9k distinct prompts instead of 9.9k, so that the over-denoising filter of
-    Section 3.3 can keep thousands of training prompts without repeating them.)"""
+    """Three numbers 1..9 and a target made by ((a o b) o c); every intermediate an integer in 1..99 (9,907 distinct
+    prompts). Numbers up to 12 would give 22.9k, but the toy base then solves 4-8% of them instead of ~20%."""
     while True:
-        a, b, c = rng.randint(1, 12), rng.randint(1, 12), rng.randint(1, 12)
+        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
         o1, o2 = rng.choice("+-*/"), rng.choice("+-*/")
         first = _apply(a, o1, b)
         second = None if first is None else _apply(first, o2, c)

@@ -58,7 +58,8 @@ p.add_argument("--train-file", default=None, help="training prompts (.jsonl/.csv
                "paper's over-denoising subset ../shared/data/math_overdenoising_llada_epoch1.csv; toy tasks generate theirs")
 p.add_argument("--eval-data", default=None, help="held-out set for --eval-every (default: toy tasks their val split, "
                "others the task's file)")
-p.add_argument("--n-train", type=int, default=2000, help="toy training problems to generate")
+p.add_argument("--n-train", type=int, default=5000, help="toy training problems to generate (nearly the whole train "
+               "split: 5.9k toy-countdown, 5.2k toy-arith)")
 p.add_argument("--n-eval", type=int, default=500, help="held-out problems of --eval-every (val) and of the toy table (test)")
 p.add_argument("--prefilter", default="none", choices=["none", "overdenoise"], help="overdenoise: train only on "
                "prompts greedy decoding gets right at some step but wrong at the end (Section 3.3; paper: on)")
