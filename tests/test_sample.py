@@ -402,8 +402,8 @@ def test_predict_draws_the_exact_distribution(temperature, top_p):
     assert chi2(torch.bincount(tokens, minlength=M + 1).tolist(), q) < chi2_bound(sum(keep) - 1)
     torch.testing.assert_close(logp, torch.tensor(q).log()[tokens].float())  # log-prob under q
     torch.testing.assert_close(conf, torch.tensor(q)[tokens].float())
-    # the two levels of sample.categorical: blocks of 2 tokens (the last one short), then a token in the block
-    tokens = sample.categorical(torch.tensor(q).float().expand(n, -1), torch.Generator().manual_seed(1), block=2)
+    # the two levels of sample.categorical: blocks of 4 tokens (the last one short), then a token in the block
+    tokens = sample.categorical(torch.tensor(q).float().expand(n, -1), torch.Generator().manual_seed(1), block=4)
     assert chi2(torch.bincount(tokens, minlength=M + 1).tolist(), q) < chi2_bound(sum(keep) - 1)
 
 
