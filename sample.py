@@ -21,10 +21,10 @@ on CPU: see remask.py, item 1) and from the official MDPO code (src/mdlm_generat
    is what an intermediate reward scores. LLaDA predicts every position and discards the rest. When the
    model ends in a plain Linear output layer, that layer runs on those rows only, a few at a time
    (`row_logits`), which gives the same logits as the full forward (the parity tests check it on CPU).
-3. Sampling is an exponential race, argmax q / E with E ~ Exp(1) (what torch.multinomial does for
-   one draw), in float32 on the needed rows: the same distribution as LLaDA's float64 Gumbel-max. On CPU
-   torch draws E in double precision before rounding it, so the noise cuts off no unlikely token (we have
-   not checked torch's CUDA generator).
+3. Sampling inverts the cumulative distribution of q at one float64 uniform per row (`categorical`), on
+   the needed rows only: the same distribution as LLaDA's Gumbel-max, to the same float64 resolution,
+   without its float64 noise tensor over the full vocabulary (a random number per logit costs more than
+   the output layer that makes the logits, on CPU).
 4. The [MASK] token itself is never predicted (its logit is set to -inf): a revealed [MASK] would be
    indistinguishable from a masked position. A trained model never predicts it, so nothing else changes.
 5. Confidence at temperature > 0 (or top_p < 1): LLaDA orders tokens by softmax(logits)
@@ -57,8 +57,8 @@ from remask import (COUNTS, low_confidence_scores, random_scores, remask, runnin
 
 REMASKING = ("lcr", "rcr", "rcr-latest", "random")
 CONFIDENCE = ("model", "sampling")
-ROWS = 64  # fewest rows per output-layer matmul (shorter chunks are padded: see `row_logits`)
-CHUNK_ELEMENTS = 2 ** 21  # logits computed at once, about (rows, V) <= 8 MiB in float32, at least ROWS rows
+ROWS = 16  # fewest rows per output-layer matmul (shorter chunks are padded: see `row_logits`)
+CHUNK_ELEMENTS = 2 ** 22  # logits computed at once, about (rows, V) <= 16 MiB in float32, at least ROWS rows
 
 
 @dataclass
@@ -87,6 +87,34 @@ def nucleus(logits, top_p):
     return logits.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), -torch.inf)
 
 
+def categorical(q, generator=None, block=256):
+    """One draw from each row of q (n, V), nonnegative weights, by inverting the cumulative distribution at one
+    float64 uniform per row, in two levels: a block of `block` tokens by the block masses, then a token in it.
+
+    Exact up to float64 resolution, like LLaDA's float64 Gumbel-max (a mass below ~1e-16 of the row's total is
+    never drawn), and up to the float32 block sums (relative error ~1e-7). A zero weight is never drawn.
+    Only (n, V / block) and (n, block) tensors are float64. Returns (n,) long.
+    """
+    n, V = q.shape
+    main = V // block * block
+    masses = q[:, :main].reshape(n, -1, block).sum(-1)  # (n, V // block)
+    if main < V:
+        masses = torch.cat([masses, q[:, main:].sum(-1, keepdim=True)], 1)  # (n, blocks)
+    masses = masses.double()
+    cum = masses.cumsum(-1)  # (n, blocks)
+    total = cum[:, -1:]  # (n, 1)
+    u = torch.rand(n, 1, generator=generator, dtype=torch.float64, device=q.device) * total  # (n, 1)
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the total
+    b = torch.searchsorted(cum, u, right=True)  # (n, 1) the block holding u: cum[b - 1] <= u < cum[b]
+    idx = b * block + torch.arange(block, device=q.device)  # (n, block)
+    inner = q.gather(1, idx.clamp(max=V - 1)).double().masked_fill(idx >= V, 0).cumsum(-1)  # (n, block)
+    # where u falls in the block, rescaled onto the float64 sums inside it and kept strictly below their total
+    mass = masses.gather(1, b)  # (n, 1), > 0 since cum[b] > cum[b - 1]
+    v = ((u - cum.gather(1, b) + mass) / mass).clamp(0, 1) * inner[:, -1:]  # (n, 1)
+    v = torch.minimum(v, torch.nextafter(inner[:, -1:], torch.zeros_like(v)))
+    return idx.gather(1, torch.searchsorted(inner, v, right=True))[:, 0]  # first token whose cumsum exceeds v
+
+
 def predict(logits, temperature, mask_id, generator=None, top_p=1.0, confidence="model"):
     """Draw x_{t-1} from q = softmax(nucleus(logits / temperature)): greedy at temperature 0, where q uses
     temperature 1; [MASK] is never drawn.
@@ -94,20 +122,23 @@ def predict(logits, temperature, mask_id, generator=None, top_p=1.0, confidence=
     logits (..., V) -> tokens (...), conf (...), logp (...) with logp = log q(token), the distribution
     drawn from, and conf = q(token) for confidence="sampling" or softmax(logits)(token) for "model" (LLaDA).
     """
-    z = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), -torch.inf)  # (..., V)
-    s = z / temperature if temperature > 0 else z  # (..., V)
+    return predict_(logits.float().clone(), temperature, mask_id, generator, top_p, confidence)
+
+
+def predict_(logits, temperature, mask_id, generator=None, top_p=1.0, confidence="model"):
+    """`predict` that overwrites logits (..., V), which must be float32: it saves a copy of the largest tensor."""
+    z = logits.index_fill_(-1, torch.tensor([mask_id], device=logits.device), -torch.inf)  # (..., V)
+    p = F.softmax(z, -1) if confidence == "model" and (temperature > 0 or top_p < 1) else None  # (..., V)
+    s = z.div_(temperature) if temperature > 0 else z  # (..., V)
     if top_p < 1:
         s = nucleus(s, top_p)
     q = F.softmax(s, -1)  # (..., V)
-    if temperature > 0:  # exponential race: P(argmax q_v / E_v = v) = q_v
-        tokens = (q / torch.empty_like(q).exponential_(generator=generator)).argmax(-1)  # (...)
+    if temperature > 0:
+        tokens = categorical(q.reshape(-1, q.shape[-1]), generator).view(q.shape[:-1])  # (...)
     else:
         tokens = s.argmax(-1)  # (...)
     q_tok = q.gather(-1, tokens[..., None])[..., 0]  # (...)
-    if confidence == "model" and (temperature > 0 or top_p < 1):
-        conf = F.softmax(z, -1).gather(-1, tokens[..., None])[..., 0]  # (...)
-    else:
-        conf = q_tok
+    conf = q_tok if p is None else p.gather(-1, tokens[..., None])[..., 0]  # (...)
     return tokens, conf, q_tok.log()
 
 
@@ -192,10 +223,10 @@ def predict_rows(logits_at, chunk_rows, x, need, temperature, top_p, confidence,
     rows = need.flatten().nonzero()[:, 0]  # (n,) flat positions
     x_pred, conf = x.flatten().clone(), torch.ones(x.numel(), device=x.device)  # (B*S,) each
     logp = torch.zeros(x.numel(), device=x.device)  # (B*S,)
-    for start in range(0, len(rows), chunk_rows):
-        chunk = rows[start:start + chunk_rows]  # (<= chunk_rows,)
-        x_pred[chunk], conf[chunk], logp[chunk] = predict(logits_at(chunk), temperature, mask_id, generator,
-                                                          top_p, confidence)
+    n_chunks = -(-len(rows) // chunk_rows)  # chunks of equal size, at most chunk_rows each
+    for chunk in rows.tensor_split(n_chunks) if n_chunks else ():
+        logits = logits_at(chunk).float()  # (<= chunk_rows, V), a fresh tensor we may overwrite
+        x_pred[chunk], conf[chunk], logp[chunk] = predict_(logits, temperature, mask_id, generator, top_p, confidence)
     return x_pred.view_as(x), conf.view_as(x), logp.view_as(x)
 
 
