@@ -313,7 +313,7 @@ def parse_args(argv=None):
             p.error(f"--block-length {b} must divide --gen-length {args.gen_length}, and --steps {t} be a positive "
                     f"multiple of the number of blocks ({args.gen_length // max(b, 1)})")
     for flag, values, known in [("--remasking", args.remasking, sample.REMASKING),
-                                ("--schedule", args.schedule, tuple(remask.SCHEDULES))]:
+                                ("--schedule", args.schedule, remask.COUNTS)]:
         if set(values) - set(known):
             p.error(f"{flag} {','.join(values)}: choose from {','.join(known)}")
     args.name = args.name or Path(args.model.rstrip("/")).name

@@ -20,8 +20,8 @@ largest phase, not the sum of all items. Assumptions (each a flag):
 1. Attention "flash" saves q, k, v, out and the log-sum-exp; "math" materialises fp32 probabilities (b, heads, S, S).
    LLaDA takes the math path on CUDA when a micro-batch has a padded row (flash takes no mask, and LLaDA's code turns
    the memory-efficient kernel off); the peak is the worst micro-batch: with prompts of unequal length, use math.
-2. Sampler: 8 bytes per (B, L, V) element (a float32 working copy, one float32 temporary), the aim of the sampler
-   rework; sample.py as of this commit holds 36 (SAMPLER_BYTES_NOW).
+2. Sampler: 8 bytes per (B, L, V) element (sample.generate's predict_ on fresh float32 logits: the working copy and
+   q = softmax); sample.predict on someone else's logits holds 12 (SAMPLER_BYTES_NOW: it copies them first).
 3. CUDA context and NCCL buffers: 1 GiB outside torch's allocator; allocator fragmentation is not modelled.
 4. LLADA_8B: 32 layers, d 4096, 32 heads, SwiGLU hidden 12288, vocabulary 126464, untied head, no biases: the block
    of modeling_llada.py (autonomousvision/mdpo mirror; the ML-GSAI/LLaDA mirror has no config), the sizes of the model
@@ -41,7 +41,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 GiB, MiB = 2 ** 30, 2 ** 20
-SAMPLER_BYTES_NOW = 36  # sample.predict: fp32 copy 4, float64 uniforms 8, logits / T 8, log(-log u) 16 (see tests)
+SAMPLER_BYTES_NOW = 12  # sample.predict at temperature > 0: fp32 copy 4, softmax(logits) 4, q 4 (see tests)
 
 
 @dataclass(frozen=True)
@@ -433,7 +433,7 @@ def main(argv=None):
     p.add_argument("--attention", default=d.attention, choices=["flash", "math"], help="flash: no score matrix; math: "
                    "fp32 probabilities (b, heads, S, S), LLaDA's path on CUDA when a micro-batch has padded rows")
     p.add_argument("--sampler-bytes", type=int, default=d.sampler_bytes, help="bytes sample.predict holds per (B, L, "
-                   f"V) element (8 after the sampler rework, {SAMPLER_BYTES_NOW} today)")
+                   f"V) element (generate: 8; predict on a copy: {SAMPLER_BYTES_NOW})")
     p.add_argument("--unsharded-grads", action="store_true", help="the old FSDP accumulation (full-size gradients)")
     p.add_argument("--fp32-gather", action="store_true", help="the old FSDP policy (units gathered in fp32)")
     p.add_argument("--validate", action="store_true", help="measure the toy on 2 CPU ranks against the model (~3 min)")

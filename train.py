@@ -123,9 +123,9 @@ NOT_CONFIG = {"resume", "plot", "save_every", "eval_every", "eval_batch_size"}  
 def resolve(args):
     """Fill the flags left unset with the toy's or the paper's values, then check every flag."""
     toy_task = args.task in tasks.TOY_TASKS
+    grpo_mu = {"inner_steps": 12 if rewards.TASK_KIND[args.task] == "math" else 8} if args.algo == "diffu-grpo" else {}
     for key, value in {**(TOY if toy_task else PAPER), **ALGO[args.algo], **(TOY_ALGO[args.algo] if toy_task else {}),
-                       "inner_steps": 12 if rewards.TASK_KIND[args.task] == "math" else 8,
-                       "precision": "bf16" if torch.cuda.is_available() else "fp32"}.items():
+                       **grpo_mu, "precision": "bf16" if torch.cuda.is_available() else "fp32"}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     try:

@@ -56,6 +56,18 @@ def test_train_flags_fail_at_once_naming_the_flag(flags, says, capsys):
     assert says in error_of(train.main, flags, capsys)
 
 
+def test_algorithm_defaults():
+    """MDPO takes one optimiser step per batch of rollouts (paper: mu = 1); diffu-GRPO d1's mu (8 countdown, 12 math)."""
+    got = {(a, t): train.resolve(train.p.parse_args(["--algo", a, "--task", t])) for a in ("mdpo", "diffu-grpo")
+           for t in ("toy-countdown", "toy-arith")}
+    assert [got["mdpo", t].inner_steps for t in ("toy-countdown", "toy-arith")] == [1, 1]
+    assert [got["diffu-grpo", t].inner_steps for t in ("toy-countdown", "toy-arith")] == [8, 12]
+    assert (got["mdpo", "toy-countdown"].eps, got["diffu-grpo", "toy-countdown"].eps) == (0.2, 0.5)
+    assert (got["mdpo", "toy-countdown"].format_score, got["diffu-grpo", "toy-countdown"].format_score) == (0.0, 0.1)
+    paper = train.resolve(train.p.parse_args(["--task", "math500", "--model", "m", "--train-file", "f"]))
+    assert (paper.beta, paper.lr, paper.steps, paper.gen_length, paper.inner_steps) == (0.08, 7e-7, 128, 512, 1)
+
+
 def test_train_world_size_checked_before_anything(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert "--prompts-per-update 8: must be a multiple of the 3 processes" in error_of(

@@ -154,8 +154,8 @@ def test_model_bytes_equal_the_trainers_tensors(tmp_path):
 
 def test_sampler_bytes_now_is_what_sample_predict_holds():
     """Peak bytes sample.predict allocates per logit element (one thread: the profiler sees every free). When the
-    sampler rework lands this changes: set memory.SAMPLER_BYTES_NOW to the new value, which --validate assumes."""
-    B, L, V = 2, 8, 1000
+    sampler changes this changes: set memory.SAMPLER_BYTES_NOW to the new value, which --validate assumes."""
+    B, L, V = 2, 8, 32000
     logits = torch.randn(B, L, V)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         sample.predict(logits, 0.7, 1, torch.Generator().manual_seed(0))
@@ -164,7 +164,9 @@ def test_sampler_bytes_now_is_what_sample_predict_holds():
                        if e.name() == "[memory]"):
         live += n
         peak = max(peak, live)
-    assert peak == memory.SAMPLER_BYTES_NOW * B * L * V  # fp32 copy 4 + uniforms 8 + logits / T 8 + log(-log u) 16
+    # fp32 copy 4 + softmax(logits) 4 + q 4 per element, and a few KiB per row: the two-level draw's (rows, 256)
+    # float64 cumulative sums and int64 indices (8.2 KiB here), whatever V is
+    assert memory.SAMPLER_BYTES_NOW * B * L * V <= peak <= memory.SAMPLER_BYTES_NOW * B * L * V + 10240 * B * L
 
 
 def test_peak_follows_the_phase_that_grows():
