@@ -239,3 +239,18 @@ def test_non_finite_loss_skips_the_update_and_logs_it(tmp_path, monkeypatch):
     last = toy.ToyMDLM.from_pretrained(tmp_path / "last").state_dict()
     init = toy.ToyMDLM.from_pretrained(tmp_path / "init").state_dict()
     assert all(torch.equal(last[k], init[k]) for k in last)  # no update was applied
+
+
+def test_first_update_has_zero_kl_and_nothing_clipped(tmp_path):
+    """At the first update the policy is the reference (KL exactly 0) and, with one optimiser step per batch of
+    rollouts (mu = 1, the paper's MDPO), the ratio of Eq. 5 is exactly 1: nothing may be clipped."""
+    torch.manual_seed(0)
+    toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).save_pretrained(tmp_path / "m")
+    toy.ToyTokenizer().save_pretrained(tmp_path / "m")
+    for beta in ("0.08", "0"):
+        out = tmp_path / f"run{beta}"
+        # a random model never answers right: reward the format (d1's 0.1) so that advantages are not all 0
+        train.main(["--model", str(tmp_path / "m"), "--max-updates", "1", "--prompts-per-update", "2", "--group-size",
+                    "4", "--beta", beta, "--format-score", "0.1", "--n-train", "8", "--out", str(out)])
+        row = json.loads((out / "log.jsonl").read_text().splitlines()[1])
+        assert row["tokens"] > 0 and row["kl"] == 0.0 and row["clip_frac"] == 0.0, row
