@@ -19,9 +19,11 @@ iterations), MDPO one. Every run is cached under --out (train.py resumes, eval.p
 rerun or an interrupted run picks up where it stopped.
 """
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
@@ -36,13 +38,14 @@ import checkpoint
 import eval as evaluation
 import train
 
-FULL = dict(seeds=3, updates=96, n_test=1000, n_val=300, sweep=(1e-4, 3e-4, 1e-3), sweep_updates=48, eval_every=8,
+FULL = dict(n_train=5000, seeds=3, updates=96, n_test=1000, n_val=300, sweep=(1e-4, 3e-4, 1e-3), sweep_updates=48, eval_every=8,
             longer=10, sft_updates=1500)
-QUICK = dict(seeds=2, updates=24, n_test=300, n_val=150, sweep=(3e-4,), sweep_updates=24, eval_every=8, longer=10,
+QUICK = dict(n_train=5000, seeds=2, updates=24, n_test=300, n_val=150, sweep=(3e-4,), sweep_updates=24, eval_every=8, longer=10,
              sft_updates=1500)
-N_TRAIN = {"toy-countdown": 12000, "toy-arith": 5000}  # the training prompt pools: nearly all of each train split
 COLUMNS = [(10, 16), (10, 8), (40, 16), (40, 8)]  # (block size, steps): semi-AR and pure-Diff at T and T/2
-MINUTES = {"sft": 4.0, "rl_update": 0.04, "grpo_batch": 0.06, "eval": 0.6, "overdenoise": 1.5, "prefilter": 2.0}
+MINUTES = {"sft": 6.0, "rl_update": 0.04, "grpo_batch": 0.03, "grpo_step": 0.01, "eval": 0.5, "overdenoise": 1.5,
+           "prefilter": 2.0}
+ALGOS = ("mdpo", "diffu-grpo")
 
 
 def mu(task):
@@ -69,7 +72,7 @@ def rl_run(run, base, task, algo, lr, seed, cfg, grad_updates, extra=()):
     """One RL run with `grad_updates` optimiser steps (diffu-GRPO: grad_updates / mu rollout batches), scored
     on the val split every cfg["eval_every"] optimiser steps."""
     per = mu(task) if algo == "diffu-grpo" else 1
-    argv = ["--model", base, "--task", task, "--algo", algo, "--lr", lr, "--seed", seed, "--n-train", N_TRAIN[task],
+    argv = ["--model", base, "--task", task, "--algo", algo, "--lr", lr, "--seed", seed, "--n-train", cfg["n_train"],
             "--eval-every", max(1, cfg["eval_every"] // per), "--n-eval", cfg["n_val"], *extra]
     return train_run(run, argv, grad_updates // per)
 
@@ -85,7 +88,7 @@ def test_accuracy(model, task, out, name, cfg, remaskings):
     """Greedy accuracy (%) on the fixed test set under every Table 2 column: {(remasking, B, T): accuracy}."""
     quietly(evaluation.main, ["--model", model, "--task", task, "--name", name, "--limit", cfg["n_test"],
                               "--block-length", "10,40", "--steps", "16,8", "--remasking", ",".join(remaskings),
-                              "--out", out], out / "console.log")
+                              "--batch-size", 64, "--out", out], out / "console.log")
     cells = {}
     for row in evaluation.read_rows(out).values():
         s = row["settings"]
@@ -94,73 +97,96 @@ def test_accuracy(model, task, out, name, cfg, remaskings):
     return {k: 100 * sum(v) / len(v) for k, v in cells.items()}
 
 
-def run_task(task, cfg, out, bar):
-    """Every run of one task, in order; returns what the report needs."""
-    def step(what, minutes, fn):
-        bar.set_description(f"{task}: {what}")
-        result = fn()
-        bar.update(minutes)
-        return result
+def work(job):
+    """One job, in a pool process with one torch thread (tiny models run fastest so, two at a time on 2 cores)."""
+    torch.set_num_threads(1)
+    kind, *a = job
+    try:
+        return {"train": train_run, "test": test_accuracy, "rl": rl_run, "eval": lambda argv, log: quietly(
+            evaluation.main, argv, log)}[kind](*a)
+    except ValueError as e:  # the pre-filter kept no prompt: that run does not exist, the report says so
+        if "pre-filter kept none" not in str(e):
+            raise
+        return None
 
-    root, res = out / task, {"sweep": {}, "rows": {}, "curves": {}}
-    base = step("SFT base (Eq. 1)", MINUTES["sft"], lambda: train_run(
-        root / "base", ["--algo", "sft", "--task", task], cfg["sft_updates"]))
-    for algo in ("mdpo", "diffu-grpo"):  # the learning rate of each algorithm, chosen on val
-        for lr in cfg["sweep"]:
-            run = root / "sweep" / f"{algo}-lr{lr:g}"
-            step(f"lr sweep, {algo} {lr:g}", rl_minutes(task, algo, cfg["sweep_updates"]), lambda: rl_run(
-                run, base, task, algo, lr, 0, cfg, cfg["sweep_updates"]))
-            res["sweep"][algo, lr] = statistics.mean(a for _, a in curve(run, task, algo)[-2:])
-    lr = {algo: max(cfg["sweep"], key=lambda v: res["sweep"][algo, v]) for algo in ("mdpo", "diffu-grpo")}
-    res["lr"] = lr
-    rcr = ("lcr", "rcr", "rcr-latest")
-    res["rows"]["base"] = [step("base on test", 3 * MINUTES["eval"], lambda: test_accuracy(
-        base, task, root / "eval" / "base", "base", cfg, rcr))]
-    step("over-denoising of the base", MINUTES["overdenoise"], lambda: quietly(evaluation.main, [
-        "--model", base, "--task", task, "--name", "base", "--limit", cfg["n_test"], "--remasking", ",".join(rcr),
-        "--trajectory-stats", "--out", root / "overdenoise"], root / "overdenoise" / "console.log"))
-    for algo, rems in (("diffu-grpo", ("lcr",)), ("mdpo", rcr)):
-        res["rows"][algo] = []
-        for seed in range(cfg["seeds"]):
-            run = root / algo / f"seed{seed}"
-            final = step(f"{algo}, seed {seed}", rl_minutes(task, algo, cfg["updates"]), lambda: rl_run(
-                run, base, task, algo, lr[algo], seed, cfg, cfg["updates"]))
-            res["rows"][algo].append(step(f"{algo}, seed {seed}, on test", len(rems) * MINUTES["eval"], lambda: (
-                test_accuracy(final, task, run / "eval", algo, cfg, rems))))
-            res["curves"][algo, seed] = curve(run, task, algo)
-    longer = root / "diffu-grpo-longer"
-    step(f"diffu-GRPO, {cfg['longer']}x the updates", rl_minutes(task, "diffu-grpo", cfg["updates"] * cfg["longer"]),
-         lambda: rl_run(longer, base, task, "diffu-grpo", lr["diffu-grpo"], 0, cfg, cfg["updates"] * cfg["longer"]))
-    res["curves"]["longer"] = curve(longer, task, "diffu-grpo")
-    if task == "toy-countdown":  # Section 3.3: the same MDPO on over-denoised prompts only
-        res["rows"]["prefilter"] = []
-        for seed in range(cfg["seeds"]):
-            run = root / "mdpo-prefilter" / f"seed{seed}"
-            final = step(f"MDPO on over-denoised prompts, seed {seed}", rl_minutes(task, "mdpo", cfg["updates"])
-                         + MINUTES["prefilter"] * (seed == 0), lambda: rl_run(
-                             run, base, task, "mdpo", lr["mdpo"], seed, cfg, cfg["updates"], ["--prefilter", "overdenoise"]))
-            res["rows"]["prefilter"].append(step("... on test", MINUTES["eval"], lambda: test_accuracy(
-                final, task, run / "eval", "mdpo-prefilter", cfg, ("lcr",))))
-            res["kept"] = len((run / "prefilter.jsonl").read_text().splitlines())
+
+def stage(pool, bar, jobs):
+    """Run {key: (estimated minutes, job)} on the pool, advancing the bar as each ends -> {key: result}."""
+    futures = {pool.submit(work, job): (key, minutes) for key, (minutes, job) in jobs.items()}
+    results = {}
+    for future in concurrent.futures.as_completed(futures):
+        key, minutes = futures[future]
+        results[key] = future.result()
+        bar.set_description(" ".join(map(str, key)))
+        bar.update(minutes)
+    return results
+
+
+def run_all(tasks, cfg, out, pool, bar):
+    """Every run of the report, in four stages (each waits for the one before): bases; learning-rate sweeps;
+    training runs and the base's evaluations; the trained models' evaluations. Returns what the report needs."""
+    res = {t: {"sweep": {}, "rows": {}, "curves": {}} for t in tasks}
+    base = {t: out / t / "base" / "last" for t in tasks}
+    rcr, sweep = ("lcr", "rcr", "rcr-latest"), [(t, a, lr) for t in tasks for a in ALGOS for lr in cfg["sweep"]]
+    stage(pool, bar, {("SFT base", t): (MINUTES["sft"], ("train", out / t / "base", ["--algo", "sft", "--task", t],
+                                                          cfg["sft_updates"])) for t in tasks})
+    stage(pool, bar, {("sweep", t, a, lr): (rl_minutes(t, a, cfg["sweep_updates"]), (
+        "rl", out / t / "sweep" / f"{a}-lr{lr:g}", base[t], t, a, lr, 0, cfg, cfg["sweep_updates"])) for t, a, lr in sweep})
+    for t, a, lr in sweep:  # each algorithm's learning rate: the best final val accuracy (mean of the last 2 scores)
+        res[t]["sweep"][a, lr] = statistics.mean(y for _, y in curve(out / t / "sweep" / f"{a}-lr{lr:g}", t, a)[-2:])
+    for t in tasks:
+        res[t]["lr"] = {a: max(cfg["sweep"], key=lambda lr: res[t]["sweep"][a, lr]) for a in ALGOS}
+    runs = {(t, a, s): out / t / a / f"seed{s}" for t in tasks for a in ALGOS for s in range(cfg["seeds"])}
+    runs.update({(t, "mdpo-prefilter", s): out / t / "mdpo-prefilter" / f"seed{s}" for t in tasks
+                 if t == "toy-countdown" for s in range(cfg["seeds"])})
+    jobs = {("train", *k): (rl_minutes(k[0], k[1].split("-pre")[0], cfg["updates"]) + MINUTES["prefilter"] * ("pre" in k[1]), (
+        "rl", run, base[k[0]], k[0], k[1].split("-pre")[0], res[k[0]]["lr"][k[1].split("-pre")[0]], k[2], cfg,
+        cfg["updates"], ["--prefilter", "overdenoise"] if "pre" in k[1] else [])) for k, run in runs.items()}
+    for t in tasks:
+        jobs["base on test", t] = (3 * MINUTES["eval"], ("test", base[t], t, out / t / "eval" / "base", "base", cfg, rcr))
+        jobs["over-denoising", t] = (MINUTES["overdenoise"], ("eval", [
+            "--model", base[t], "--task", t, "--name", "base", "--limit", cfg["n_test"], "--remasking", ",".join(rcr),
+            "--batch-size", 64, "--trajectory-stats", "--out", out / t / "overdenoise"], out / t / "overdenoise" / "log"))
+        if t == "toy-countdown":  # the sample-efficiency curve: diffu-GRPO with `longer` times the updates
+            longer = cfg["updates"] * cfg["longer"]
+            jobs["diffu-grpo longer", t] = (rl_minutes(t, "diffu-grpo", longer), (
+                "rl", out / t / "diffu-grpo-longer", base[t], t, "diffu-grpo", res[t]["lr"]["diffu-grpo"], 0, cfg, longer))
+    done = stage(pool, bar, jobs)
+    runs = {k: run for k, run in runs.items() if done["train", *k] is not None}
+    for t in tasks:
+        res[t]["rows"]["base"] = [done["base on test", t]]
+        if ("diffu-grpo longer", t) in done:
+            res[t]["curves"]["longer"] = curve(out / t / "diffu-grpo-longer", t, "diffu-grpo")
+    tests = stage(pool, bar, {("test", *k): ((3 if k[1] == "mdpo" else 1) * MINUTES["eval"], (
+        "test", run / "last", k[0], run / "eval", k[1], cfg, rcr if k[1] == "mdpo" else ("lcr",)))
+        for k, run in runs.items()})
+    for (t, a, s), run in runs.items():
+        res[t]["rows"].setdefault(a.replace("mdpo-prefilter", "prefilter"), []).append(tests["test", t, a, s])
+        res[t]["curves"][a, s] = curve(run, t, a.split("-pre")[0])
+    for t in tasks:
+        if t == "toy-countdown":
+            kept = out / t / "mdpo-prefilter" / "seed0" / "prefilter.jsonl"
+            res[t]["kept"] = len(kept.read_text().splitlines()) if kept.exists() else 0
     return res
 
 
+def estimate(tasks, cfg):
+    """Work-minutes of the whole plan (the progress bar's total; two workers take about half of it in wall time)."""
+    per_task = lambda t: (MINUTES["sft"] + 3 * MINUTES["eval"] + MINUTES["overdenoise"]  # noqa: E731
+                          + sum(rl_minutes(t, a, cfg["sweep_updates"]) for a in ALGOS for _ in cfg["sweep"])
+                          + cfg["seeds"] * (rl_minutes(t, "diffu-grpo", cfg["updates"]) + MINUTES["eval"]
+                                            + rl_minutes(t, "mdpo", cfg["updates"]) + 3 * MINUTES["eval"]))
+    countdown = ("toy-countdown" in tasks) * (rl_minutes("toy-countdown", "diffu-grpo", cfg["updates"] * cfg["longer"])
+                                              + cfg["seeds"] * (rl_minutes("toy-countdown", "mdpo", cfg["updates"])
+                                                                + MINUTES["prefilter"] + MINUTES["eval"]))
+    return sum(per_task(t) for t in tasks) + countdown
+
+
 def rl_minutes(task, algo, grad_updates):
-    """Rough cost on a 2-core CPU, for the progress bar's ETA."""
+    """Rough wall minutes of a run on a 2-core CPU running two at a time, for the progress bar's ETA."""
     if algo == "diffu-grpo":
-        return grad_updates / mu(task) * MINUTES["grpo_batch"] + grad_updates * 0.005
+        return grad_updates / mu(task) * MINUTES["grpo_batch"] + grad_updates * MINUTES["grpo_step"]
     return grad_updates * MINUTES["rl_update"]
-
-
-def total_minutes(tasks, cfg):
-    one = lambda t: (MINUTES["sft"] + sum(rl_minutes(t, a, cfg["sweep_updates"]) for a in ("mdpo", "diffu-grpo")  # noqa: E731
-                                           for _ in cfg["sweep"]) + 3 * MINUTES["eval"] + MINUTES["overdenoise"]
-                     + cfg["seeds"] * (rl_minutes(t, "diffu-grpo", cfg["updates"]) + rl_minutes(t, "mdpo", cfg["updates"])
-                                       + 4 * MINUTES["eval"])
-                     + rl_minutes(t, "diffu-grpo", cfg["updates"] * cfg["longer"])
-                     + (t == "toy-countdown") * (cfg["seeds"] * (rl_minutes(t, "mdpo", cfg["updates"]) + MINUTES["eval"])
-                                                 + MINUTES["prefilter"]))
-    return sum(one(t) for t in tasks)
 
 
 # ----------------------------------------------------------------------------- the report
@@ -277,17 +303,21 @@ def write_report(results, cfg, args, wall, path):
         if "prefilter" in res["rows"]:
             out.append(verdict_line("over-denoised prompts > random prompts (MDPO, LCR)", res["rows"]["prefilter"],
                                     "lcr", res["rows"]["mdpo"], "lcr", n))
-        png = Path(path).parent / f"{task}-efficiency.png"
-        plot_curves(res, task, cfg, png)
-        out += ["", "### Sample efficiency", "", f"![{task} sample efficiency]({png.name})", "", efficiency(res, task, cfg), ""]
+        if "longer" in res["curves"]:
+            png = Path(path).parent / f"{task}-efficiency.png"
+            plot_curves(res, task, cfg, png)
+            out += ["", "### Sample efficiency", "", f"![{task} sample efficiency]({png.name})", "",
+                    efficiency(res, task, cfg), ""]
         od = Path(args.out) / task / "overdenoise"
         fig = Path(path).parent / f"{task}-first-correct.png"
         fig.write_bytes((od / "first_correct.png").read_bytes())
         out += ["### Over-denoising of the base (Table 1, Fig. 3)", "", (od / "overdenoising.md").read_text().strip(), "",
                 f"![{task} first correct step]({fig.name})", ""]
+        if "kept" in res and "prefilter" not in res["rows"]:
+            out += ["### Pre-filter ablation (Section 3.3)", "", "The filter kept no training prompt: nothing to train.", ""]
         if "prefilter" in res["rows"]:
             out += ["### Pre-filter ablation (Section 3.3)", "", f"The filter kept {res['kept']} of "
-                    f"{N_TRAIN[task]} training prompts (over-denoised under greedy LCR with B = 10 or 40).", "",
+                    f"{cfg['n_train']} training prompts (over-denoised under greedy LCR with B = 10 or 40).", "",
                     "| MDPO trained on | " + " | ".join(f"B={b} T={t}" for b, t in COLUMNS) + " |",
                     "|---" * (len(COLUMNS) + 1) + "|",
                     "| random prompts | " + " | ".join(mean_std(cell(res["rows"]["mdpo"], "lcr", c)) for c in COLUMNS) + " |",
@@ -306,6 +336,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=None, help="training seeds per row (default 3; --quick 2)")
     p.add_argument("--quick", action="store_true", help="a preview: toy-countdown only, fewer updates and problems")
     p.add_argument("--out", default=None, help="run cache (default out/reproduce, --quick out/reproduce-quick)")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (default 2: the cores)")
     p.add_argument("--report", default=None, help="the report (default results/RESULTS.md, --quick "
                    "results/RESULTS-quick.md); its figures go next to it")
     args = p.parse_args(argv)
@@ -318,10 +349,11 @@ def main(argv=None):
     args.out = Path(args.out or ("out/reproduce-quick" if args.quick else "out/reproduce"))
     report = Path(args.report or ("results/RESULTS-quick.md" if args.quick else "results/RESULTS.md"))
     report.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with tqdm(total=round(total_minutes(tasks, cfg), 1), unit="min", disable=False,
-              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} est. min [{elapsed}<{remaining}]") as bar:
-        results = {task: run_task(task, cfg, args.out, bar) for task in tasks}
+    t0, ctx = time.time(), multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool, tqdm(
+            total=round(estimate(tasks, cfg)), bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} "
+            "work-min [{elapsed}<{remaining}]") as bar:
+        results = run_all(tasks, cfg, args.out, pool, bar)
     write_report(results, cfg, args, time.time() - t0, report)
     print(f"wrote {report} (runs cached in {args.out})")
 
