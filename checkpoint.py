@@ -21,8 +21,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 import distributed
 
-# one process without a process group is a case we mean (every toy run), not a mistake to warn about
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+QUIET = "torch.distributed is disabled, unavailable or uninitialized"  # one process: what every toy run means
 
 
 def save(path, model, tok, optimizer, state, rank, full_weights=True):
@@ -34,7 +33,9 @@ def save(path, model, tok, optimizer, state, rank, full_weights=True):
         tmp.mkdir(parents=True)
     distributed.barrier()
     weights, optim = get_state_dict(model, optimizer)  # sharded (DTensor) under FSDP, plain tensors otherwise
-    dcp.save({"model": weights, "optim": optim}, checkpoint_id=tmp / "dcp", no_dist=not dist.is_initialized())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=QUIET)
+        dcp.save({"model": weights, "optim": optim}, checkpoint_id=tmp / "dcp", no_dist=not dist.is_initialized())
     if full_weights:
         full = get_state_dict(model, [], options=StateDictOptions(full_state_dict=True, cpu_offload=True))[0]
         if rank == 0:
@@ -54,7 +55,9 @@ def load(path, model, optimizer):
     the trainer state dict written by `save`."""
     weights, optim = get_state_dict(model, optimizer)
     loaded = {"model": weights, "optim": optim}
-    dcp.load(loaded, checkpoint_id=Path(path) / "dcp", no_dist=not dist.is_initialized())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=QUIET)
+        dcp.load(loaded, checkpoint_id=Path(path) / "dcp", no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
     return torch.load(Path(path) / "trainer_state.pt", weights_only=False)
 

@@ -41,10 +41,11 @@ on CPU: see remask.py, item 1) and from the official MDPO code (src/mdlm_generat
 8. A [MASK] inside the prompt is left alone here; LLaDA's generate.py fills it like a generated one.
 
 Command line (a toy checkpoint or any HF masked diffusion LM):
-    python sample.py --model out/toy-base --prompt "nums 3 5 7 -> 22" --remasking rcr --show
+    python sample.py --model out/toy-countdown-base/last --prompt "nums 3 5 7 -> 22" --remasking rcr --show
 """
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -377,14 +378,15 @@ def show(tokenizer, traj, mask_id, row=0):
         print(f"step {s + 1:3d}/{traj.x_bar.shape[0]} | " + text.replace("\n", "⏎").replace("[EOS]", "·"))
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description="Generate with a masked diffusion LM (toy checkpoint or HF model).")
-    p.add_argument("--model", required=True, help="toy checkpoint dir (train.py writes out/toy-base) or HF name/path")
+    p.add_argument("--model", required=True, help="toy checkpoint dir (python train.py writes "
+                   "out/toy-countdown-base/last) or HF name/path")
     p.add_argument("--prompt", required=True, help="prompt text (wrapped in the chat template for instruct models)")
     p.add_argument("--system", default=None, help="optional system prompt for chat models")
     p.add_argument("--gen-length", type=int, default=40, help="tokens to generate (paper: 512)")
     p.add_argument("--block-length", type=int, default=40, help="block size; = gen-length is pure-Diff (paper: 128 or 512)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps T over all blocks (paper: 64/128/256)")
+    p.add_argument("--steps", type=int, default=16, help="denoising steps T over all blocks (paper: 64/128/256)")
     p.add_argument("--remasking", default="lcr", choices=REMASKING,
                    help="lcr (Eq. 9, LLaDA), rcr (Eq. 10, paper), rcr-latest (official code's RCR), random (Eq. 8)")
     p.add_argument("--schedule", default=None, choices=COUNTS,
@@ -401,12 +403,30 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--seed", type=int, default=0, help="seed for temperature > 0")
     p.add_argument("--show", action="store_true", help="print every denoising step ('_' = [MASK])")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    n_blocks = args.gen_length // args.block_length if args.block_length > 0 else 0
+    for flag, value, ok, allowed in [
+            ("--prompt", repr(args.prompt), args.prompt.strip() != "", "a non-empty text"),
+            ("--gen-length", args.gen_length, args.gen_length >= 1, ">= 1"),
+            ("--block-length", args.block_length, args.block_length >= 1 and args.gen_length % args.block_length == 0,
+             f"a size that divides --gen-length {args.gen_length}"),
+            ("--steps", args.steps, args.steps >= 1 and n_blocks and args.steps % n_blocks == 0,
+             f"a positive multiple of the {n_blocks} blocks"),
+            ("--temperature", args.temperature, args.temperature >= 0, ">= 0"),
+            ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]"),
+            ("--cfg-scale", args.cfg_scale, args.cfg_scale >= 0, ">= 0"),
+            ("--mask-id", args.mask_id, args.mask_id is None or args.mask_id >= 0, ">= 0")]:
+        if not ok:
+            p.error(f"{flag} {value}: must be {allowed}")
     transformers.utils.logging.disable_progress_bar()
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    model, tokenizer = load_model(args.model, args.device, dtype, args.trust_remote_code)
-    mask_id = resolve_mask_id(tokenizer, model, args.mask_id)
-    ids, attn = encode_prompts(tokenizer, [args.prompt], args.system)
+    try:
+        check_model_path(args.model, args.mask_id)
+        model, tokenizer = load_model(args.model, args.device, dtype, args.trust_remote_code)
+        mask_id = resolve_mask_id(tokenizer, model, args.mask_id)
+        ids, attn = encode_prompts(tokenizer, [args.prompt], args.system)
+    except (ValueError, OSError) as e:
+        sys.exit(f"sample.py: error: {e}")
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     x, traj = generate(model, ids.to(args.device), attention_mask=attn.to(args.device), gen_length=args.gen_length,
                        block_length=args.block_length, steps=args.steps, remasking=args.remasking,

@@ -157,3 +157,19 @@ def test_torchrun_resumes_a_one_process_checkpoint_on_two(tmp_path):
     assert "written by 1 processes, this run has 2" in res.stdout + res.stderr
     assert [r["step"] for r in logged(out)] == [1, 2, 3, 4]
     assert checkpoint.latest(out) == out / "last"
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--prompt", "  "], "--prompt '  ': must be a non-empty text"),
+    (["--gen-length", "41", "--block-length", "10"], "--block-length 10: must be a size that divides --gen-length 41"),
+    (["--steps", "0"], "--steps 0: must be a positive multiple of the 1 blocks"),
+    (["--steps", "7", "--block-length", "10"], "--steps 7: must be a positive multiple of the 4 blocks"),
+    (["--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
+    (["--temperature", "-1"], "--temperature -1.0: must be >= 0"),
+    (["--mask-id", "999"], "--mask-id 999: outside the vocabulary"),
+    (["--prompt", "nums 3 5 7 -> 22 \\u00e9"], "not in the vocabulary"),
+])
+def test_sample_flags_fail_at_once_naming_the_flag(flags, says, tiny, capsys):
+    argv = ["--model", str(tiny), "--prompt", "nums 3 5 7 -> 22", *flags]
+    argv = [a.encode().decode("unicode_escape") for a in argv]
+    assert says in error_of(sample.main, argv, capsys)
