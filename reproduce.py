@@ -38,10 +38,10 @@ import checkpoint
 import eval as evaluation
 import train
 
-FULL = dict(n_train=5000, seeds=3, updates=96, n_test=1000, n_val=300, sweep=(1e-4, 3e-4, 1e-3), sweep_updates=48, eval_every=8,
+FULL = dict(n_train=5000, seeds=3, updates=96, n_test=1000, n_val=300, sweep=(1e-5, 3e-5, 1e-4), sweep_updates=48, eval_every=8,
             longer=10, sft_updates=1500)
-QUICK = dict(n_train=5000, seeds=2, updates=24, n_test=300, n_val=150, sweep=(3e-4,), sweep_updates=24, eval_every=8, longer=10,
-             sft_updates=1500)
+QUICK = dict(n_train=5000, seeds=2, updates=24, n_test=300, n_val=150, sweep=(3e-5,), sweep_updates=24, eval_every=8, longer=4,
+             sft_updates=600)
 COLUMNS = [(10, 16), (10, 8), (40, 16), (40, 8)]  # (block size, steps): semi-AR and pure-Diff at T and T/2
 MINUTES = {"sft": 6.0, "rl_update": 0.04, "grpo_batch": 0.03, "grpo_step": 0.01, "eval": 0.5, "overdenoise": 1.5,
            "prefilter": 2.0}

@@ -87,8 +87,9 @@ p.add_argument("--inner-steps", type=int, default=None, help="mu optimiser steps
                "diffu-GRPO 12 math, 8 countdown)")
 p.add_argument("--p-mask", type=float, default=0.15, help="diffu-GRPO: prompt masking rate (d1 0.15)")
 # optimisation
-p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (paper 7e-7; toy MDPO 3e-4, toy SFT 2e-3)")
-p.add_argument("--max-updates", type=int, default=None, help="optimiser updates (paper 100; toy MDPO 120, SFT 1500)")
+p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (paper 7e-7; toy RL 3e-5, toy SFT 2e-3)")
+p.add_argument("--max-updates", type=int, default=None, help="batches of rollouts (paper 100; toy MDPO 96, diffu-GRPO "
+               "12 = 96 optimiser steps at mu 8; toy SFT: optimiser steps, 1500)")
 p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"], help="constant (paper) or cosine "
                "decay to 0 over --max-updates (toy SFT)")
 p.add_argument("--micro-batch", type=int, default=64, help="sequences per forward/backward; the rest is accumulated")
@@ -111,8 +112,8 @@ PAPER = dict(gen_length=512, block_lengths="128,512", steps=128, temperature=0.4
              max_updates=100, lr_schedule="constant", eval_batch_size=8)
 ALGO = {"mdpo": dict(eps=0.2, beta=0.08, inner_steps=1, format_score=0.0),
         "diffu-grpo": dict(eps=0.5, beta=0.04, format_score=0.1), "sft": dict(eps=0.2, beta=0.0, inner_steps=1, format_score=0.0)}
-TOY_ALGO = {"mdpo": dict(lr=3e-4, max_updates=120, lr_schedule="constant", beta=0.01),
-            "diffu-grpo": dict(lr=3e-4, max_updates=120, lr_schedule="constant", beta=0.01),
+TOY_ALGO = {"mdpo": dict(lr=3e-5, max_updates=96, lr_schedule="constant", beta=0.01),  # lr: the sweep on val
+            "diffu-grpo": dict(lr=3e-5, max_updates=12, lr_schedule="constant", beta=0.01),  # x mu = 96 optimiser steps
             "sft": dict(lr=2e-3, max_updates=1500, lr_schedule="cosine")}
 AT_LEAST = dict(gen_length=1, steps=1, group_size=2, prompts_per_update=1, top_c=1, beta=0,
                 inner_steps=1, p_mask=0, max_updates=1, micro_batch=1, save_every=1, eval_every=0, eval_batch_size=1,
@@ -197,15 +198,9 @@ def mdpo_micro_batches(model, ref, tok, examples, args, mask_id, update, gen, st
                  accuracy=(R[:, -1] == 1).float().mean().item(), trained_steps=valid.float().mean().item(),
                  adv_abs=adv[n_idx, s_idx].abs().mean().item() if len(n_idx) else 0.0)
     P, adv = ids.shape[1], adv.to(ids.device)
-    G = args.group_size  # EXPERIMENT
-    B_row = torch.tensor([args.block_lengths[(update + n // G) % len(args.block_lengths)] for n in range(len(sel))])
-    limit = ((s_idx // (args.steps // (args.gen_length // B_row[n_idx]))) + 1) * B_row[n_idx]  # (n_valid,)
-    inblock = torch.arange(args.gen_length)[None] < limit[:, None]  # (n_valid, L)
-    only = os.environ.get("MDPO_TRAIN_POSITIONS") == "block"
     return [dict(x=torch.cat([ids[n], x_bar[s, n]], 1), attn=attn[n], targets=x_pred[s, n], P=P,  # (b, P+L), (b, L)
-                 mask=(x_bar[s, n] == mask_id) & (ib if only else True), adv=adv[n, s][:, None]) for n, s, ib in  # (b, L), (b, 1)
-            zip(n_idx.to(ids.device).split(args.micro_batch), s_idx.to(ids.device).split(args.micro_batch),
-                inblock.split(args.micro_batch))]
+                 mask=x_bar[s, n] == mask_id, adv=adv[n, s][:, None]) for n, s in  # (b, L), (b, 1)
+            zip(n_idx.to(ids.device).split(args.micro_batch), s_idx.to(ids.device).split(args.micro_batch))]
 
 
 def grpo_micro_batches(model, ref, tok, examples, args, mask_id, update, gen, stats):
