@@ -74,11 +74,11 @@ def config(args):
 
 def resume_point(args, may_change=()):
     """The checkpoint to continue from, or None to start afresh. A rerun never destroys a run: with the same
-    settings (up to the keys in may_change) it continues; with other settings it stops, naming --resume (continue
-    with the new settings) and how to start over."""
+    settings (up to the keys in may_change, and flags the run's version did not have) it continues; with other
+    settings it stops, naming --resume (continue with the new settings) and how to start over."""
     out, mine = Path(args.out), config(args)
     saved, last = saved_config(out), latest(out)
-    diff = [k for k in mine if k not in may_change and saved is not None and saved.get(k) != mine[k]]
+    diff = [k for k in mine if k not in may_change and saved is not None and k in saved and saved[k] != mine[k]]
     if diff and not args.resume:
         said = "; ".join(f"--{k.replace('_', '-')} {saved.get(k)} there, {mine[k]} here" for k in diff[:3])
         raise ValueError(f"--out {out} holds a run with other settings ({said}). Pass --resume to continue it with "
