@@ -101,6 +101,13 @@ def shard(model, precision, reshard_root=False):
     return fully_shard(model, mp_policy=policy, reshard_after_forward=True if reshard_root else None)
 
 
+def back_to_training(model, fsdp):
+    """After rollouts or an evaluation: train mode, and under FSDP free the root unit their forwards left gathered."""
+    if fsdp:
+        model.reshard()
+    model.train()
+
+
 def checkpoint_blocks(model):
     """Activation checkpointing: every block recomputes its forward in the backward instead of keeping it."""
     import functools

@@ -56,8 +56,7 @@ p.add_argument("--task", default="toy-countdown", choices=tasks.TASKS, help="rew
                "toy-arith, math500, countdown (math = the training CSV's task, math reward)")
 p.add_argument("--train-file", default=None, help="training prompts (.jsonl/.csv; formats: README), e.g. the "
                "paper's over-denoising subset ../shared/data/math_overdenoising_llada_epoch1.csv; toy tasks generate theirs")
-p.add_argument("--eval-data", default=None, help="held-out set for --eval-every (default: toy tasks their val split, "
-               "others the task's file)")
+p.add_argument("--eval-data", default=None, help="held-out set of --eval-every (default: toy val split / task's file)")
 p.add_argument("--n-train", type=int, default=5000, help="toy training problems to generate (nearly the whole train "
                "split: 5.9k toy-countdown, 5.2k toy-arith)")
 p.add_argument("--n-eval", type=int, default=500, help="held-out problems of --eval-every (val) and of the toy table (test)")
@@ -129,12 +128,9 @@ def resolve(args):
                        **grpo_mu, "precision": "bf16" if torch.cuda.is_available() else "fp32"}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    try:
-        args.block_lengths = [int(b) for b in str(args.block_lengths).split(",")]
-    except ValueError:
-        p.error(f"--block-lengths {args.block_lengths}: a comma list of integers")
-    if min(args.block_lengths) < 1:
-        p.error(f"--block-lengths {args.block_lengths}: sizes must be >= 1")
+    if not all(b.strip().isdigit() and int(b) > 0 for b in str(args.block_lengths).split(",")):
+        p.error(f"--block-lengths {args.block_lengths}: must be a comma list of positive integers")
+    args.block_lengths = [int(b) for b in str(args.block_lengths).split(",")]
     for key, low in AT_LEAST.items():
         if getattr(args, key) is not None and getattr(args, key) < low:
             p.error(f"--{key.replace('_', '-')} {getattr(args, key)}: must be >= {low}")
@@ -303,13 +299,6 @@ def build(args, rank, world, device):
     return model.train(), wrapped, ref, tok, mask_id
 
 
-def release(model, args):
-    """Back to training after rollouts or an evaluation; under FSDP, free the root unit they left gathered."""
-    if args.fsdp:
-        model.reshard()
-    model.train()
-
-
 def optimizer_step(model, wrapped, optimizer, items, loss_of, args, world, step, stats):
     """Backward over the micro-batches, clip, step (skipped and logged if anything is non-finite), zero."""
     device = next(model.parameters()).device
@@ -369,7 +358,7 @@ def train(args, examples, eval_examples, resume_from, rank, world, device):
             model.eval()
             items = distributed.pad_micro_batches(build_items(wrapped, ref, tok, batch, args, mask_id, step, gen, stats),
                                                   lambda it: {**it, "mask": torch.zeros_like(it["mask"])})
-            release(model, args)
+            distributed.back_to_training(model, args.fsdp)
             trained = [len(it["mask"]) if it["mask"].any() else 0 for it in items]
             norm = [v / world for v in all_sum([sum(trained), sum(it["mask"].sum().item() for it in items),
                                                 len(batch) * args.group_size], device)]
@@ -391,7 +380,7 @@ def train(args, examples, eval_examples, resume_from, rank, world, device):
         if args.eval_every and (step % args.eval_every == 0 or step == args.max_updates):
             stats["eval_accuracy"] = evaluation.sharded_accuracy(model.eval(), tok, eval_examples, args, mask_id,
                                                                  "lcr", args.block_lengths[0], rank, world)[0]
-            release(model, args)
+            distributed.back_to_training(model, args.fsdp)
         if step % args.save_every == 0 or step == args.max_updates or "eval_accuracy" in stats:
             new_best = stats.get("eval_accuracy", -1.0) > best
             best = max(best, stats.get("eval_accuracy", -1.0))
@@ -441,7 +430,7 @@ def main(argv=None):
                                       test_examples, args, rank, world, device)
             if rank == 0:
                 table.write_text(text)
-        if toy_base:
+        if toy_base and rank == 0:
             print0("\n" + table.read_text())
             written.append(table)
         if args.plot and rank == 0:
