@@ -1,4 +1,5 @@
-"""Speed and peak memory of sample.generate against LLaDA's reference loop, and reward throughput.
+"""Speed and peak memory of sample.generate against LLaDA's reference loop, reward throughput, and the phases
+of one MDPO and one diffu-GRPO update of train.py.
 
     python bench.py                 # CPU, 3-5 min on 2 cores: prints the tables, writes bench.md
     python bench.py --quick         # a tiny model, seconds (tests/test_bench.py)
@@ -267,6 +268,29 @@ def reward_rates(n, T):
 
 
 # ----------------------------------------------------------------------------- report
+def update_phases(quick):
+    """Seconds per phase of one MDPO update and one diffu-GRPO update (mu optimiser steps) of train.py on the toy
+    task, from its log: rollouts (sample.generate), rewards (every step's prediction for MDPO, the final answers for
+    diffu-GRPO) and the training forwards/backwards. A briefly SFT-trained toy model (d1's 0.1 format reward on top)
+    makes sure that advantages are not all 0, so that there is something to train on."""
+    import contextlib
+    import tempfile
+    import train
+    out, n = {}, (1 if quick else 4)
+    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as null, \
+            contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        base = Path(tmp) / "base"
+        train.main(["--algo", "sft", "--task", "toy-countdown", "--max-updates", "5" if quick else "60", "--n-train",
+                    "256", "--out", str(base)])
+        for algo in ("mdpo", "diffu-grpo"):
+            train.main(["--model", str(base / "last"), "--algo", algo, "--max-updates", str(n), "--format-score", "0.1",
+                        "--n-train", "256", "--out", str(Path(tmp) / algo)])
+            log = [json.loads(line) for line in (Path(tmp) / algo / "log.jsonl").read_text().splitlines()[1:]]
+            out[algo] = {k: statistics.mean(r.get(k, 0.0) for r in log) for k in ("rollout_s", "reward_s", "train_s",
+                                                                                   "seconds")}
+    return out
+
+
 def machine(args):
     if args.device == "cuda":
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
@@ -274,7 +298,7 @@ def machine(args):
             f"thread(s), torch {torch.__version__}")
 
 
-def report(args, model, times, peaks, rates):
+def report(args, model, times, peaks, rates, phases):
     """The markdown tables and the target summary."""
     V, H, layers, heads, width = SIZES[args.size]
     size = f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
@@ -339,6 +363,13 @@ def report(args, model, times, peaks, rates):
                   f"{args.reward_steps} steps):", "",
               "| task | rewards/s | reward() calls | math-verify calls |", "|---|---|---|---|"]
     lines += [f"| {task} | {rate:.0f} | {calls} | {verifier} |" for task, (rate, calls, verifier) in rates.items()]
+    lines += ["", "One update of train.py on the toy (toy-countdown, 8 prompts x G = 8, T = 16, CPU), seconds per "
+              "phase (mean of the logged updates):", "",
+              "| algorithm | rollouts | rewards | training forwards/backwards | update | rewards' share |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {algo} | {v['rollout_s']:.2f} | {v['reward_s']:.3f} | {v['train_s']:.2f} | {v['seconds']:.2f} | "
+              f"{100 * v['reward_s'] / v['seconds']:.1f}% ({met(v['reward_s'] <= 0.1 * v['seconds'])}: <= 10%) |"
+              for algo, v in phases.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -382,7 +413,8 @@ def main():
         return
     peaks = peak_all(model, args) if args.device == "cuda" or args.quick else peak_in_child(args)
     times = time_all(model, args)
-    table = report(args, model, times, peaks, reward_rates(args.reward_rollouts, args.reward_steps))
+    phases = update_phases(args.quick) if args.device == "cpu" else {}
+    table = report(args, model, times, peaks, reward_rates(args.reward_rollouts, args.reward_steps), phases)
     print(table)
     Path(args.out).write_text(table)
 

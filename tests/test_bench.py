@@ -25,6 +25,7 @@ def test_quick_bench_writes_the_table(tmp_path, monkeypatch):
         expected = ("-" if "reference" in sampler else "n/a (sampled)" if "greedy" not in setting
                     else "n/a (RCR)" if "rcr" in sampler else "yes")
         assert identical.strip() == expected, (setting, sampler)
+    assert "| mdpo |" in text and "| diffu-grpo |" in text  # the phases of one update of each
     assert "| greedy outputs identical to the reference | 4/4 | met |" in text
     assert "| math |" in text and "| countdown |" in text
 
