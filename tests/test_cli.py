@@ -116,7 +116,7 @@ def logged(out):
 def test_rerun_resumes_same_settings_and_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / "run"
     train.main([*SFT, "--max-updates", "4", "--out", str(out)])
-    assert [r["step"] for r in logged(out)] == [1, 2, 3, 4]
+    assert [r["step"] for r in logged(out)] == [1, 2, 3, 4] and all(r["reward_failures"] == 0 for r in logged(out))
     before = (out / "last" / "model.safetensors").read_bytes()
     train.main([*SFT, "--max-updates", "4", "--out", str(out)])  # the same command again: nothing to do
     assert [r["step"] for r in logged(out)] == [1, 2, 3, 4] and (out / "last" / "model.safetensors").read_bytes() == before

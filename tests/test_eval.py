@@ -323,6 +323,17 @@ def test_cli_table_resume_and_trajectory_stats(checkpoint, tmp_path, monkeypatch
         in report
 
 
+def test_reward_failures_are_counted_in_the_table(checkpoint, tmp_path, monkeypatch):
+    real = rewards.reward
+
+    def failing(task, completion, example, format_score=0.0):  # as a timed-out math-verify call: counted, scored 0
+        rewards.calls["timeout"] += 1
+        return real(task, completion, example, format_score)
+    monkeypatch.setattr(rewards, "reward", failing)
+    ev.main(grid(checkpoint, tmp_path / "run", "--remasking", "lcr", "--steps", "8", "--block-length", "16"))
+    assert "Reward failures this run (timeouts, worker crashes; scored 0): 8." in (tmp_path / "run" / "table.md").read_text()
+
+
 def test_cli_write_overdenoised_round_trip(tmp_path, monkeypatch, tok):
     data = tmp_path / "problems.jsonl"
     data.write_text(json.dumps(SOLVABLE) + "\n" + json.dumps(UNSOLVABLE) + "\n")

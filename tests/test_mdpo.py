@@ -318,3 +318,35 @@ def test_masked_diffusion_loss_never_masks_prompt():
         n_masked += int((x_noisy == MASK_ID).sum())
         assert torch.isfinite(loss) and loss.requires_grad
     assert n_masked > 0  # the answer does get masked, so the check above is not vacuous
+
+
+def test_loss_denominators_by_hand():
+    mask = torch.tensor([[True, True, False, False],    # 2 masked tokens
+                         [True, True, True, True],      # 4
+                         [False, False, False, False]])  # an empty (padding) row
+    # "step": mean over each step's tokens, then over the 5 trained steps of the update -> 2 * 5, 4 * 5, (clamped 1) * 5
+    assert mdpo.loss_denominators(mask, "step", 5, 30, 16).squeeze(1).tolist() == [10.0, 20.0, 5.0]
+    # "token": every masked token of the update (30) weighs the same; "paper": Eq. 4's 1/G sum -> the 16 rollouts
+    assert mdpo.loss_denominators(mask, "token", 5, 30, 16).squeeze(1).tolist() == [30.0] * 3
+    assert mdpo.loss_denominators(mask, "paper", 5, 30, 16).squeeze(1).tolist() == [16.0] * 3
+    with pytest.raises(ValueError, match="norm='mean'"):
+        mdpo.loss_denominators(mask, "mean", 5, 30, 16)
+
+
+def test_step_normalisation_weighs_every_step_alike():
+    """Two steps, one with 1 masked token, one with 3, all with Z = A = 1 (ratio 1): under "step" each step's mean
+    is 1, the loss -(1 + 1) / 2 = -1 and each token of the small step gets 3x the gradient of a token of the big one."""
+    logp = torch.log(torch.full((2, 3), 0.5)).requires_grad_(True)
+    mask = torch.tensor([[True, False, False], [True, True, True]])
+    denom = mdpo.loss_denominators(mask, "step", 2, 4, 2)  # (2 * 1, 2 * 3)
+    loss = mdpo.mdpo_loss(logp, logp.detach(), None, torch.ones(2, 1), mask, beta=0.0, denom=denom)
+    loss.backward()
+    assert close(loss, -1.0) and close(logp.grad, [[-0.5, 0, 0], [-1 / 6, -1 / 6, -1 / 6]])
+
+
+def test_select_steps_skips_zero_advantages():
+    adv = torch.tensor([[0.0, 2.0, 0.0, -1.0],
+                        [0.0, 0.0, 0.0, 0.0]])
+    sel, valid = mdpo.select_steps(adv, 3)
+    # row 0: |A| order 1, 3, then the zeros; the third pick (step 0, A = 0) is not trained; row 1: nothing
+    assert sel.tolist() == [[1, 3, 0], [0, 1, 2]] and valid.tolist() == [[True, True, False], [False] * 3]

@@ -129,3 +129,35 @@ def test_fsdp_checkpoint_is_sharded_and_resumes_on_one_process(tmp_path):
     assert "written by 2 processes, this run has 1" in res.stdout + res.stderr
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()[1:]]
     assert steps == [1, 2, 3, 4]
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
+    torch.manual_seed(0)
+    toy.ToyMDLM(toy.ToyConfig(n_layers=2, d_model=32)).save_pretrained(tmp_path / "model")
+    toy.ToyTokenizer().save_pretrained(tmp_path / "model")
+    grads = []
+    for on in (False, True):
+        args = Namespace(**{**ARGS, "fsdp": False, "beta": 0.0, "activation_checkpointing": on}, precision="fp32",
+                         model=str(tmp_path / "model"), out=str(tmp_path))
+        model, wrapped, _, _, _ = train.build(args, 0, 1, torch.device("cpu"))
+        blocks = distributed.blocks(model)
+        assert len(blocks) == 2 and all(("checkpoint" in repr(b.forward)) == on for b in blocks)
+        items = fake_items(2)
+        n = sum(it["mask"].sum().item() for it in items)
+        train.backward_micro_batches(wrapped, items, lambda it: train.rl_loss_fn(wrapped, it, args, 0, (0, n, 0)), args, 1)
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7)
+
+
+def test_training_rollouts_use_the_authors_confidence(tmp_path, tok, monkeypatch):
+    """The authors order a rollout's reveals by the tempered confidence (sample.py, difference 5): so do ours."""
+    seen, real = [], train.sample.generate
+    monkeypatch.setattr(train.sample, "generate", lambda *a, **k: seen.append(k) or real(*a, **k))
+    torch.manual_seed(0)
+    model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
+    args = Namespace(task="toy-countdown", group_size=2, gen_length=8, block_lengths=[4, 8], steps=4, remasking="lcr",
+                     temperature=0.7, precision="fp32")
+    train.rollouts(model, tok, toy.make_task("toy-countdown", 2, 0, "train"), args, tok.mask_token_id, 0,
+                   torch.Generator().manual_seed(0))
+    assert [k["confidence"] for k in seen] == ["sampling", "sampling"] and {k["block_length"] for k in seen} == {4, 8}
