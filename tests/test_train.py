@@ -37,36 +37,52 @@ ARGS = Namespace(algo="mdpo", temperature=0.7, inner_steps=1, eps=0.2, beta=0.0,
                  fsdp=False)
 
 
-def grads_after(model, items, world, norm):
-    loss_of = lambda it: train.rl_loss_fn(model, it, ARGS, 0, norm)  # noqa: E731
-    train.backward_micro_batches(model, items, loss_of, ARGS, world)
+def grads_after(model, items, world, norm, args=ARGS):
+    loss_of = lambda it: train.rl_loss_fn(model, it, args, 0, norm)  # noqa: E731
+    train.backward_micro_batches(model, items, loss_of, args, world)
     return {k: v.grad.clone() for k, v in (model.module if world > 1 else model).named_parameters()}
+
+
+GRPO_ARGS = Namespace(**{**vars(ARGS), "algo": "diffu-grpo", "eps": 0.5})
+
+
+def grpo_items(n_items):
+    """fake_items as diffu-GRPO micro-batches: one perturbed input per inner step, an advantage per completion."""
+    return [{**{k: v for k, v in it.items() if k != "x"}, "xs": [it["x"]]} for it in fake_items(n_items, seed=1)]
+
+
+def accumulated_grads(world, rank):
+    """Gradients of MDPO and of diffu-GRPO micro-batches, 4 in all, split over `world` ranks (2 each on 2 ranks):
+    the loss of every micro-batch is divided by the global token count / world, since DDP averages over ranks."""
+    out = {}
+    for name, items, args in (("mdpo", fake_items(4), ARGS), ("diffu-grpo", grpo_items(4), GRPO_ARGS)):
+        torch.manual_seed(0)
+        model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
+        model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        n_tokens = sum(it["mask"].sum().item() for it in items) / world
+        mine = items[2 * rank: 2 * rank + 2] if world > 1 else items
+        out[name] = grads_after(model, mine, world, (0, n_tokens, 0), args)
+        del model
+    return out
 
 
 def ddp_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    model = torch.nn.parallel.DistributedDataParallel(toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)))
-    items = fake_items(4)
-    n_tokens = sum(it["mask"].sum().item() for it in items) / world  # global count / W: DDP averages
-    g = grads_after(model, items[2 * rank: 2 * rank + 2], world, (0, n_tokens, 0))  # 2 micro-steps on each rank
-    torch.save(g, os.path.join(out_dir, f"grads{rank}.pt"))
-    del model
+    torch.save(accumulated_grads(world, rank), os.path.join(out_dir, f"grads{rank}.pt"))
     train.distributed.cleanup_distributed()
 
 
 def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
+    """MDPO and diffu-GRPO alike: DDP over 2 ranks with 2 micro-steps each == 1 process with 4 micro-steps."""
     spawn_bounded(ddp_worker, (2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, timeout=90)
-    torch.manual_seed(0)
-    model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
-    items = fake_items(4)
-    single = grads_after(model, items, 1, (0, sum(it["mask"].sum().item() for it in items), 0))  # 4 micro-steps
+    single = accumulated_grads(1, 0)
     for rank in range(2):
         ddp = torch.load(tmp_path / f"grads{rank}.pt")
-        assert single.keys() == ddp.keys()
-        for k in single:
-            torch.testing.assert_close(ddp[k], single[k], rtol=1e-5, atol=1e-7)
-    assert any(v.abs().sum() > 0 for v in single.values())
+        for name in ("mdpo", "diffu-grpo"):
+            assert single[name].keys() == ddp[name].keys()
+            for k in single[name]:
+                torch.testing.assert_close(ddp[name][k], single[name][k], rtol=1e-5, atol=1e-7)
+            assert any(v.abs().sum() > 0 for v in single[name].values())
 
 
 def run_train(*argv, wait=True):
