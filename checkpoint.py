@@ -7,10 +7,14 @@ A checkpoint is a directory (OUT/last, OUT/best):
   trainer_state.pt   step, data position, best held-out accuracy, the world size and every rank's RNG state;
   config.json + weights + tokenizer   the consolidated model (save_pretrained), what sample.py / eval.py load.
                      Under FSDP it is gathered only when asked (`full_weights`: the final and the best model).
-Each save goes to PATH.tmp and is renamed into place, so a crash leaves the previous checkpoint whole.
+Each save goes to PATH.tmp and is renamed into place, so a crash leaves the previous checkpoint whole; a Ctrl-C
+that arrives during a save is held until the save is complete (the collective save must not stop half-way).
 """
+import contextlib
 import json
+import signal
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -24,30 +28,47 @@ import distributed
 QUIET = "torch.distributed is disabled, unavailable or uninitialized"  # one process: what every toy run means
 
 
+@contextlib.contextmanager
+def ctrl_c_held():
+    """Hold a SIGINT that arrives inside the block and raise it (KeyboardInterrupt) once the block is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def save(path, model, tok, optimizer, state, rank, full_weights=True):
     """Every rank calls it. state: small picklable dict (step, pos, best, gen = one RNG state per rank, ...).
     full_weights: also write the consolidated model (gathered onto rank 0's CPU when the model is sharded)."""
-    path, tmp, old = Path(path), Path(f"{path}.tmp"), Path(f"{path}.old")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    distributed.barrier()
-    weights, optim = get_state_dict(model, optimizer)  # sharded (DTensor) under FSDP, plain tensors otherwise
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=QUIET)
-        dcp.save({"model": weights, "optim": optim}, checkpoint_id=tmp / "dcp", no_dist=not dist.is_initialized())
-    if full_weights:
-        full = get_state_dict(model, [], options=StateDictOptions(full_state_dict=True, cpu_offload=True))[0]
+    with ctrl_c_held():  # a Ctrl-C now would stop the ranks' collective save half-way
+        path, tmp, old = Path(path), Path(f"{path}.tmp"), Path(f"{path}.old")
         if rank == 0:
-            model.save_pretrained(tmp, state_dict=full)
-    if rank == 0:
-        tok.save_pretrained(tmp)
-        torch.save(state, tmp / "trainer_state.pt")
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    distributed.barrier()  # nobody reads PATH before it is complete
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        distributed.barrier()
+        weights, optim = get_state_dict(model, optimizer)  # sharded (DTensor) under FSDP, plain tensors otherwise
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=QUIET)
+            dcp.save({"model": weights, "optim": optim}, checkpoint_id=tmp / "dcp", no_dist=not dist.is_initialized())
+        if full_weights:
+            full = get_state_dict(model, [], options=StateDictOptions(full_state_dict=True, cpu_offload=True))[0]
+            if rank == 0:
+                model.save_pretrained(tmp, state_dict=full)
+        if rank == 0:
+            tok.save_pretrained(tmp)
+            torch.save(state, tmp / "trainer_state.pt")
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()  # nobody reads PATH before it is complete
 
 
 def load(path, model, optimizer):

@@ -147,6 +147,31 @@ def test_ctrl_c_says_what_was_saved_and_how_to_continue(tmp_path):
     assert f"interrupted: {out / 'last'} holds update {step}; run the same command again to continue" in stdout + stderr
 
 
+
+def test_ctrl_c_inside_a_save_is_held_until_the_checkpoint_is_whole(tmp_path, monkeypatch):
+    """The CLI test above cannot choose when its SIGINT lands; here it lands inside the collective save (DCP
+    would otherwise turn it into a failed save and exit 1): the checkpoint is finished, then Ctrl-C is raised."""
+    torch.manual_seed(0)
+    model, tok = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)), toy.ToyTokenizer()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    real_save = checkpoint.dcp.save
+
+    def save_hit_by_ctrl_c(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the signal is delivered here, mid-save
+        return real_save(*a, **kw)
+
+    monkeypatch.setattr(checkpoint.dcp, "save", save_hit_by_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path / "last", model, tok, optimizer, {"step": 7}, rank=0)
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert checkpoint.latest(tmp_path) == tmp_path / "last" and not (tmp_path / "last.tmp").exists()
+    fresh = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
+    assert checkpoint.load(tmp_path / "last", fresh, torch.optim.AdamW(fresh.parameters()))["step"] == 7
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+
 def test_torchrun_resumes_a_one_process_checkpoint_on_two(tmp_path):
     out = tmp_path / "run"
     train.main([*SFT, "--max-updates", "2", "--out", str(out)])
