@@ -339,10 +339,11 @@ def write_report(results, cfg, args, wall, path):
             out += ["", "Claims not clearly met here (a difference > 2 SE in at most half the columns), with the "
                     "reason we think likely (written before this report's numbers were in) and the experiment that would tell:", ""]
             out += [f"- **{key}.** {why}" for key, why in notes.items()]
+        out.append("")
         if "longer" in res["curves"]:
             png = Path(path).parent / f"{task}-efficiency.png"
             plot_curves(res, task, cfg, png)
-            out += ["", "### Sample efficiency", "", f"![{task} sample efficiency]({png.name})", "",
+            out += ["### Sample efficiency", "", f"![{task} sample efficiency]({png.name})", "",
                     efficiency(res, task, cfg), ""]
         od = Path(args.out) / task / "overdenoise"
         fig = Path(path).parent / f"{task}-first-correct.png"
@@ -359,7 +360,11 @@ def write_report(results, cfg, args, wall, path):
                     "| random prompts | " + " | ".join(mean_std(cell(res["rows"]["mdpo"], "lcr", c)) for c in COLUMNS) + " |",
                     "| over-denoised prompts | " + " | ".join(mean_std(cell(res["rows"]["prefilter"], "lcr", c))
                                                            for c in COLUMNS) + " |", ""]
-        out += ["### Learning-rate sweep (val split, seed 0)", "", "| algorithm | " + " | ".join(
+        se_val = 100 * math.sqrt(0.2 * 0.8 / cfg["n_val"])
+        out += ["### Learning-rate sweep (val split, seed 0)", "", f"Val accuracy (%) after {cfg['sweep_updates']} "
+                f"gradient updates, the mean of the last two scores on {cfg['n_val']} val problems (one score's standard "
+                f"error: {se_val:.1f} points at 20%: differences smaller than that do not rank the rates).", "",
+                "| algorithm | " + " | ".join(
             f"lr {lr:g}" for lr in cfg["sweep"]) + " | chosen |", "|---" * (len(cfg["sweep"]) + 2) + "|"]
         out += [f"| {a} | " + " | ".join(f"{res['sweep'][a, lr]:.1f}" for lr in cfg["sweep"]) + f" | {res['lr'][a]:g} |"
                 for a in ("mdpo", "diffu-grpo")] + [""]
