@@ -72,8 +72,8 @@ p.add_argument("--gen-length", type=int, default=None, help="tokens generated (p
 p.add_argument("--block-lengths", default=None, help="block sizes, alternating over groups (paper 128,512; toy 10,40)")
 p.add_argument("--steps", type=int, default=None, help="denoising steps T of a rollout (paper 128, toy 16)")
 p.add_argument("--remasking", default="lcr", choices=sample.REMASKING, help="remasking of the rollouts (paper: lcr)")
-p.add_argument("--temperature", type=float, default=None, help="rollout temperature > 0 (authors' README 0.4, "
-               "their recipe file 0.1; toy 0.7)")
+p.add_argument("--temperature", type=float, default=None, help="rollout temperature > 0 (LLaDA: 0.4, the authors' "
+               "README command 'with the paper's setting', which overrides their recipe file's 0.1; toy 0.7)")
 # MDPO and diffu-GRPO
 p.add_argument("--group-size", type=int, default=8, help="G rollouts per prompt (paper 8)")
 p.add_argument("--prompts-per-update", type=int, default=None, help="prompts per update over all ranks (paper 16; toy 8)")
@@ -111,8 +111,8 @@ PAPER = dict(gen_length=512, block_lengths="128,512", steps=128, temperature=0.4
              max_updates=100, lr_schedule="constant", eval_batch_size=8)
 ALGO = {"mdpo": dict(eps=0.2, beta=0.08, inner_steps=1, format_score=0.0),
         "diffu-grpo": dict(eps=0.5, beta=0.04, format_score=0.1), "sft": dict(eps=0.2, beta=0.0, inner_steps=1, format_score=0.0)}
-TOY_ALGO = {"mdpo": dict(lr=3e-5, max_updates=96, lr_schedule="constant", beta=0.01),  # lr: the sweep on val
-            "diffu-grpo": dict(lr=3e-5, max_updates=12, lr_schedule="constant", beta=0.01),  # x mu = 96 optimiser steps
+TOY_ALGO = {"mdpo": dict(lr=3e-5, max_updates=96, lr_schedule="constant", beta=0.01),  # lr: val probes (reproduce.py
+            "diffu-grpo": dict(lr=3e-5, max_updates=12, lr_schedule="constant", beta=0.01),  # sweeps its own); x mu = 96
             "sft": dict(lr=2e-3, max_updates=1500, lr_schedule="cosine")}
 AT_LEAST = dict(gen_length=1, steps=1, group_size=2, prompts_per_update=1, top_c=1, beta=0,
                 inner_steps=1, p_mask=0, max_updates=1, micro_batch=1, save_every=1, eval_every=0, eval_batch_size=1,
