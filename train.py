@@ -1,8 +1,8 @@
 r"""SFT (Eq. 1), MDPO (Eq. 4-6, 11, 12) and the diffu-GRPO baseline for masked diffusion LMs, plain torch.distributed.
 
 Runbook
-  toy pipeline, CPU, ~7 min:   python train.py
-      SFT-trains the toy base on toy-countdown (cached in out/toy-base, next to --out), runs MDPO on it and
+  toy pipeline, CPU, ~8 min:   python train.py
+      SFT-trains the toy base on toy-countdown (cached in out/toy-countdown-base, next to --out), runs MDPO on it and
       prints greedy accuracy before / after (out/run/table.md). A rerun picks up where it stopped.
   plot a finished run:         python train.py --out out/run --plot        (nothing left to train: just the plot)
   diffu-GRPO baseline (d1):    python train.py --algo diffu-grpo --out out/grpo

@@ -124,6 +124,16 @@ def tok():
     return toy.ToyTokenizer()
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny random toy model (1 layer, width 32) and its tokenizer, saved the way train.py saves one."""
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    torch.manual_seed(0)
+    toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).save_pretrained(path)
+    toy.ToyTokenizer().save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def peaked_model(tok):
     """A random toy model with large weights, so its confidences are spread out (not all ~1/V)."""

@@ -18,15 +18,6 @@ import train
 from conftest import ROOT, kill_tree, run_bounded
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    torch.manual_seed(0)
-    toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).save_pretrained(path)
-    toy.ToyTokenizer().save_pretrained(path)
-    return path
-
-
 def error_of(fn, argv, capsys):
     """The message of the SystemExit that fn(argv) must raise (argparse's usage error or our one-line error)."""
     with pytest.raises(SystemExit) as e:

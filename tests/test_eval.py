@@ -30,13 +30,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny random toy model saved the way train.py saves one."""
-    path = tmp_path_factory.mktemp("ckpt") / "toy-tiny"
-    torch.manual_seed(0)
-    toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).save_pretrained(path)
-    toy.ToyTokenizer().save_pretrained(path)
-    return str(path)
+def checkpoint(tiny):
+    """conftest's tiny toy model, as the path string the CLIs take."""
+    return str(tiny)
 
 
 class OverDenoiser(torch.nn.Module):

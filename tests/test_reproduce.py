@@ -5,7 +5,7 @@ import pytest
 import reproduce
 from reproduce import COLUMNS, difference, mean_std, verdict_line
 
-TINY = dict(n_train=16, seeds=2, updates=8, n_test=8, n_val=8, sweep=(1e-4,), sweep_updates=8, eval_every=8, longer=2,
+TINY = dict(n_train=16, seeds=1, updates=8, n_test=8, n_val=8, sweep=(1e-4,), sweep_updates=8, eval_every=8, longer=2,
             sft_updates=2)
 
 
@@ -39,7 +39,7 @@ def test_tiny_report(tmp_path, monkeypatch):
     assert (report.parent / "toy-countdown-efficiency.png").read_bytes()[:4] == b"\x89PNG"
     assert (report.parent / "toy-countdown-first-correct.png").read_bytes()[:4] == b"\x89PNG"
     logs = sorted((tmp_path / "runs").rglob("log.jsonl"))
-    assert len(logs) in (8, 10)  # base, sweep 2, 2 algorithms x 2 seeds, longer (+ 2 prefilter seeds if it kept any)
+    assert len(logs) in (6, 7)  # base, sweep 2, 2 algorithms x 1 seed, longer (+ 1 prefilter run if it kept any)
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
