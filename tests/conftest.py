@@ -134,13 +134,17 @@ def tiny(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def peaked_model(tok):
-    """A random toy model with large weights, so its confidences are spread out (not all ~1/V)."""
+def large_weights_toy():
+    """A random toy model (seed 0) with large weights, so its confidences are spread out (not all ~1/V)."""
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=2, d_model=64)).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0, 0.3)
-    return NoMaskPrediction(model, tok.mask_token_id).eval()
+    return model
+
+
+@pytest.fixture
+def peaked_model(tok):
+    return NoMaskPrediction(large_weights_toy(), tok.mask_token_id).eval()

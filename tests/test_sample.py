@@ -13,7 +13,7 @@ import transformers
 
 import sample
 import toy
-from conftest import ROOT, run_bounded
+from conftest import ROOT, large_weights_toy, run_bounded
 from sample import decode_completions, encode_prompts, generate, load_model, resolve_mask_id
 
 
@@ -222,12 +222,8 @@ def saturated(kind, tok):
     """Models whose float32 confidences are often exactly 1.0: the toy scaled (full forward) or a Bigram."""
     if kind == "bigram":
         return Bigram(tok.vocab_size, tok.mask_token_id, scale=12.0)
-    torch.manual_seed(0)
-    model = toy.ToyMDLM(toy.ToyConfig(n_layers=2, d_model=64)).eval()
+    model = large_weights_toy()
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.3)
         model.head.bias[tok.mask_token_id] = -1e9
     return Wrapped(model, scale=30.0)
 
