@@ -81,7 +81,7 @@ p.add_argument("--top-c", type=int, default=8, help="MDPO: c steps of largest no
 p.add_argument("--loss-norm", default="step", choices=mdpo.LOSS_NORMS, help="MDPO normaliser (mdpo.loss_denominators): "
                "step (authors' code), token, paper (Eq. 4 as written)")
 p.add_argument("--eps", type=float, default=None, help="clip range of Eq. 5 (MDPO 0.2; diffu-GRPO 0.5)")
-p.add_argument("--beta", type=float, default=None, help="KL weight (MDPO paper 0.08, toy 0.01; diffu-GRPO 0.04)")
+p.add_argument("--beta", type=float, default=None, help="KL weight (MDPO paper 0.08, authors' README 0.02; toy 0.01; diffu-GRPO 0.04)")
 p.add_argument("--inner-steps", type=int, default=None, help="mu optimiser steps per batch of rollouts (MDPO 1; "
                "diffu-GRPO 12 math, 8 countdown)")
 p.add_argument("--p-mask", type=float, default=0.15, help="diffu-GRPO: prompt masking rate (d1 0.15)")
