@@ -224,8 +224,8 @@ def difference(a, b):
     return statistics.mean(a) - statistics.mean(b), se(a), se(b)
 
 
-# Written before the full report was run: what could make each claim fail at toy scale, and the experiment that
-# would tell. The report prints a claim's note when the claim is not clearly met (not > 2 SE in most columns).
+# Written while the first full report was running (its sweeps were in, its comparison tables were not): what could
+# make each claim fail at toy scale, and the experiment that would tell. The report prints a claim's note when the claim is not clearly met (not > 2 SE in most columns).
 IF_NOT_MET = {
     "MDPO > diffu-GRPO": "Both start from the same weak base and take few updates, so both may stay within noise of "
     "it. At equal optimiser steps diffu-GRPO sees mu times fewer rollouts (mu inner iterations per batch), which is "
@@ -337,7 +337,7 @@ def write_report(results, cfg, args, wall, path):
         notes = {key: IF_NOT_MET[key] for key, _, met in verdicts if not met}
         if notes:
             out += ["", "Claims not clearly met here (a difference > 2 SE in at most half the columns), with the "
-                    "reason we think likely (written before this report's numbers were in) and the experiment that would tell:", ""]
+                    "reason we think likely (written before this report's comparison tables were in) and the experiment that would tell:", ""]
             out += [f"- **{key}.** {why}" for key, why in notes.items()]
         out.append("")
         if "longer" in res["curves"]:
