@@ -12,6 +12,7 @@ that arrives during a save is held until the save is complete (the collective sa
 """
 import contextlib
 import json
+import pickle
 import signal
 import shutil
 import threading
@@ -73,14 +74,32 @@ def save(path, model, tok, optimizer, state, rank, full_weights=True):
 
 def load(path, model, optimizer):
     """Restore model and optimiser in place from PATH/dcp (resharding if the world size changed); returns
-    the trainer state dict written by `save`."""
+    the trainer state written by `save`."""
     weights, optim = get_state_dict(model, optimizer)
     loaded = {"model": weights, "optim": optim}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=QUIET)
         dcp.load(loaded, checkpoint_id=Path(path) / "dcp", no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
-    return torch.load(Path(path) / "trainer_state.pt", weights_only=False)
+    return trainer_state(path)
+
+
+def trainer_state(path):
+    """PATH/trainer_state.pt: step, data position, best accuracy (numbers) and RNG states (tensors).
+
+    Read with weights_only=True: a file that holds anything else (objects whose unpickling would run
+    code, say, in a checkpoint someone shared) is refused with a ValueError naming it.
+    """
+    file = Path(path) / "trainer_state.pt"
+    try:
+        return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{file}: not a trainer state written by train.py, refused unread ({first})") from None
+
+
+def saved_step(path):
+    return trainer_state(path)["step"]
 
 
 def latest(out):
@@ -88,31 +107,35 @@ def latest(out):
     return next((Path(out) / n for n in ("last", "last.old") if (Path(out) / n / "trainer_state.pt").exists()), None)
 
 
-def config(args):
-    """A run's settings as recorded in log.jsonl (and compared when the run is started again): plain JSON."""
-    return json.loads(json.dumps(vars(args), default=str))
-
-
-def resume_point(args, may_change=()):
+def resume_point(cfg, may_change=()):
     """The checkpoint to continue from, or None to start afresh. A rerun never destroys a run: with the same
     settings (up to the keys in may_change, and flags the run's version did not have) it continues; with other
-    settings it stops, naming --resume (continue with the new settings) and how to start over."""
-    out, mine = Path(args.out), config(args)
+    settings it stops, naming --resume (continue with the new settings) and how to start over. The
+    checkpoint's trainer state is read here, so that a bad one fails before any model loads."""
+    import config
+    out, mine = Path(cfg.out), config.as_dict(cfg)
     saved, last = saved_config(out), latest(out)
     diff = [k for k in mine if k not in may_change and saved is not None and k in saved and saved[k] != mine[k]]
-    if diff and not args.resume:
-        said = "; ".join(f"--{k.replace('_', '-')} {saved.get(k)} there, {mine[k]} here" for k in diff[:3])
+    if diff and not cfg.resume:
+        said = "; ".join(f"--{k.replace('_', '-')} {config.show_json(saved.get(k))} there, "
+                         f"{config.show_json(mine[k])} here" for k in diff[:3])
         raise ValueError(f"--out {out} holds a run with other settings ({said}). Pass --resume to continue it with "
                          f"these settings, or choose another --out (or delete {out}) to start over")
+    if last is not None:
+        trainer_state(last)
     return last
 
 
-def check_writable(dirs):
-    """Create each directory and check that a file can be written there (an OSError names the path)."""
-    for d in dirs:
-        Path(d).mkdir(parents=True, exist_ok=True)
-        (Path(d) / ".write-test").touch()
-        (Path(d) / ".write-test").unlink()
+def check_writable(path, what):
+    """Create the directory `path` and check that a file can be written there; a ValueError names `what`."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path}: is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / ".write-test").touch()
+        (path / ".write-test").unlink()
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot write there ({e.strerror})") from None
 
 
 def copy(src, dst):

@@ -32,14 +32,14 @@ import torch
 from tqdm import tqdm
 
 import checkpoint
+import config
 import distributed
+import models
 import remask
 import rewards
 import sample
 import tasks
 
-PAPER = {"gen_length": 512, "block_length": "128,512", "steps": "64,128,256", "limit": None, "top_p": 0.95}
-TOY = {"gen_length": 40, "block_length": "10,40", "steps": "8,16,32", "limit": 200, "top_p": 1.0}
 REMASKING_NAMES = {"lcr": "LCR (Eq. 9, LLaDA)", "rcr": "RCR, running max (Eq. 10, the paper's text)",
                    "rcr-latest": "RCR, latest confidence (the authors' code; Table 2's RCR)", "random": "random (Eq. 8)"}
 
@@ -57,7 +57,7 @@ def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, step
     with tqdm(total=len(examples), desc=desc, disable=not progress) as bar:
         for start in range(0, len(examples), batch_size):
             batch = examples[start:start + batch_size]
-            ids, attn = sample.encode_prompts(tokenizer, texts[start:start + batch_size], system)  # (B, P) each
+            ids, attn = models.encode_prompts(tokenizer, texts[start:start + batch_size], system)  # (B, P) each
             result = sample.generate(model, ids.to(device), attention_mask=attn.to(device), gen_length=gen_length,
                                      block_length=block_length, steps=steps, remasking=remasking,
                                      schedule=None if schedule == "linear" else schedule,  # rcr-latest: its own linear
@@ -113,20 +113,34 @@ def prefilter(model, tok, examples, args, mask_id, rank, world):
     return kept
 
 
-def compare(models, examples, args, rank, world, device):
-    """Greedy accuracy of each model {name: path} with LCR and both RCRs for every block size (train.py's toy
-    pipeline: before / after) -> a markdown table with its caption."""
+def compare(checkpoints, examples, args, rank, world, device):
+    """Greedy accuracy of each model {name: path} with LCR and both RCRs at every block size (the toy
+    pipeline's before / after) -> a markdown table with its caption and, for two models, a line per column
+    saying before -> after."""
     cols = [(r, b) for b in args.block_lengths for r in ("lcr", "rcr", "rcr-latest")]
-    lines = [f"Greedy accuracy (%) on {len(examples)} held-out {args.task} problems, gen length {args.gen_length}, "
-             f"{args.steps} steps; B = block size (B = {args.gen_length}: pure-Diff). Models: "
-             + ", ".join(f"{n} = {p}" for n, p in models.items()) + ".", "",
-             "| model | " + " | ".join(f"{r.upper()} B={b}" for r, b in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, path in models.items():
-        model, tok = sample.load_model(str(path), device, torch.float32, args.trust_remote_code)
-        mask_id = sample.resolve_mask_id(tok, model, args.mask_id)
-        accs = [sharded_accuracy(model, tok, examples, args, mask_id, r, b, rank, world)[0] for r, b in cols]
-        lines.append(f"| {name} | " + " | ".join(f"{100 * a:.1f}" for a in accs) + " |")
-    return "\n".join(lines) + "\n\n" + "".join(f"- {m.upper()}: {REMASKING_NAMES[m]}\n" for m in ("lcr", "rcr", "rcr-latest"))
+    accuracies = {}
+    with tqdm(total=len(checkpoints) * len(cols), desc="test accuracy", disable=rank != 0) as bar:
+        for name, path in checkpoints.items():
+            model, tok = models.load_model(str(path), device, torch.float32, args.trust_remote_code)
+            mask_id = models.resolve_mask_id(tok, model, args.mask_id)
+            accuracies[name] = []
+            for r, b in cols:
+                accuracies[name].append(100 * sharded_accuracy(model, tok, examples, args, mask_id, r, b,
+                                                               rank, world)[0])
+                bar.update(1)
+    lines = [f"Greedy accuracy (%) on {len(examples)} held-out {args.task} test problems, gen length "
+             f"{args.gen_length}, {args.steps} steps; B = block size (B = {args.gen_length}: pure-Diff). "
+             "Models: " + ", ".join(f"{n} = {p}" for n, p in checkpoints.items()) + ".", "",
+             "| model | " + " | ".join(f"{r.upper()} B={b}" for r, b in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{a:.1f}" for a in accs) + " |" for name, accs in accuracies.items()]
+    lines += [""] + [f"- {m.upper()}: {REMASKING_NAMES[m]}" for m in ("lcr", "rcr", "rcr-latest")]
+    if len(accuracies) == 2:
+        (before_name, before), (after_name, after) = accuracies.items()
+        changes = [f"{r.upper()} B={b} {x:.1f} -> {y:.1f} ({y - x:+.1f})"
+                   for (r, b), x, y in zip(cols, before, after)]
+        lines += ["", f"{before_name} -> {after_name}: " + "; ".join(changes) + "."]
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- over-denoising statistics
@@ -232,27 +246,6 @@ def overdenoising_report(groups):
         + "\n".join(lines) + "\n"
 
 
-def plot_first_correct(groups, path):
-    """Fig. 3 (right): one small histogram per setting of when (fraction of T) a trajectory is first correct."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    cols = min(len(groups), 4)
-    rows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), sharex=True, squeeze=False)
-    for ax, (name, st) in zip(axes.flat, groups.items()):
-        ax.hist(st["first_correct_fraction"], bins=10, range=(0, 1), color="C0")
-        ax.set_title(name, fontsize=8)
-    for ax in axes.flat[len(groups):]:
-        ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("first correct step / T", fontsize=8)
-    fig.suptitle("When is the answer first correct? (trajectories ever correct)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Table 2's grid and the over-denoising analysis (Table 1, Fig. 3).")
@@ -290,7 +283,7 @@ def parse_args(argv=None):
                    help="JSONL of the examples over-denoised in any setting (Section 3.3's filter; the authors "
                         "kept 2,840 of 40k problems)")
     args = p.parse_args(argv)
-    for key, value in (TOY if args.task in tasks.TOY_TASKS else PAPER).items():
+    for key, value in grid_defaults(args.task).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     try:
@@ -319,6 +312,17 @@ def parse_args(argv=None):
     args.name = args.name or Path(args.model.rstrip("/")).name
     args.trajectory = args.trajectory_stats or args.write_overdenoised is not None
     return args
+
+
+def grid_defaults(task):
+    """Table 2's grid for a task, from train.py's preset (config.py): the rollouts' L and block sizes, and
+    T/2, T, 2T of their T steps (paper: 512, 128 and 512, 64/128/256). The authors' evaluation uses top-p
+    0.95 even when greedy; the toy keeps 1.0 and scores its first 200 problems by default."""
+    toy_task = task in tasks.TOY_TASKS
+    d = config.defaults("toy" if toy_task else "paper", "mdpo", task)
+    return {"gen_length": d["gen_length"], "block_length": ",".join(map(str, d["block_lengths"])),
+            "steps": f"{d['steps'] // 2},{d['steps']},{2 * d['steps']}", "limit": 200 if toy_task else None,
+            "top_p": 1.0 if toy_task else 0.95}
 
 
 def run_setting(args, model, tokenizer, mask_id, examples, settings, done, file, rank, world):
@@ -363,6 +367,7 @@ def report(args, examples, all_settings, failures):
     print(table)
     written = [out / "table.md", out / "samples.jsonl"]
     if args.trajectory:
+        from tools import plots
         groups, flagged = {}, torch.zeros(len(examples), dtype=torch.bool)
         for s in all_settings:
             key = json.dumps(s, sort_keys=True)
@@ -372,7 +377,7 @@ def report(args, examples, all_settings, failures):
         if args.trajectory_stats:
             text = overdenoising_report(groups)
             (out / "overdenoising.md").write_text(text, encoding="utf-8")
-            plot_first_correct(groups, out / "first_correct.png")
+            plots.first_correct_histograms(groups, out / "first_correct.png")
             print(text)
             written += [out / "overdenoising.md", out / "first_correct.png"]
         if args.write_overdenoised:
@@ -386,17 +391,17 @@ def main(argv=None):
     args = parse_args(argv)
     try:  # everything that can be checked before loading a model
         examples = tasks.load_examples(args.task, args.data, args.limit, args.seed, args.split)
-        sample.check_model_path(args.model, args.mask_id)
+        models.check_model_path(args.model, args.mask_id)
         out = Path(args.out)
-        checkpoint.check_writable([out])
+        checkpoint.check_writable(out, "--out")
     except (ValueError, OSError) as e:
         sys.exit(f"eval.py: error: {e}")
     rank, world, device = distributed.setup_distributed(args.device)
     args.device = str(device)
     try:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model, tokenizer = sample.load_model(args.model, device, dtype, args.trust_remote_code)
-        mask_id = sample.resolve_mask_id(tokenizer, model, args.mask_id)
+        model, tokenizer = models.load_model(args.model, device, dtype, args.trust_remote_code)
+        mask_id = models.resolve_mask_id(tokenizer, model, args.mask_id)
         done = read_rows(out)
         data = args.data or (f"{args.split} seed={args.seed}" if args.task in tasks.TOY_TASKS else "default")
         all_settings = [{"task": args.task, "data": data, "model": args.model, "name": args.name,

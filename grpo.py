@@ -1,50 +1,20 @@
 """The diffu-GRPO baseline (d1, Zhao et al. 2025, arXiv 2504.12216) as small pure functions.
 
-We had no copy of the d1 paper to check equation numbers against, so each docstring names the d1 code it follows
-(github.com/dllm-reasoning/d1, diffu-grpo/diffu_grpo_trainer.py, "trainer.py" below) and the method's name
-on the d1 project page ("one-step per-token log probability estimation with prompt masking").
+d1's equations are written in its code (github.com/dllm-reasoning/d1, diffu-grpo/diffu_grpo_trainer.py,
+"trainer.py" below), and each docstring names the function it follows:
+    advantage r_i - mean_G(r) (`_generate_and_score_completions`)    -> `group_advantages`
+    tokens in the loss, up to the first EOS (same function)          -> `completion_mask`
+    one-step log-prob input: prompt masked w.p. p, completion all    -> `perturbed_input`
+      masked (`forward_process`)
+    k3 estimate of the KL (`compute_loss`)                            -> `kl_k3`
+    clipped surrogate and loss (`compute_loss`)                       -> `grpo_loss` (on `mdpo.clipped_surrogate`)
 
-d1 -> code:
-    advantage r_i - mean_G(r) (`_generate_and_score_completions`)   -> `group_advantages`
-    tokens in the loss, up to the first EOS (same function)         -> `completion_mask`
-    one-step log-prob input: prompt masked w.p. p, completion all   -> `perturbed_input`
-      masked (`forward_process`, `_get_per_token_logps`)
-    per-token log-prob of the completion (`_get_per_token_logps`)   -> `completion_logp`
-    k3 estimate of the KL (`compute_loss`)                           -> `kl_k3`
-    clipped surrogate and loss (`compute_loss`)                      -> `grpo_loss`, on `mdpo.clipped_surrogate`
-                                                                        (d1's min and clamp, via `mdpo.ratio`)
-
-How a trainer uses these (d1's loop): sample G completions per prompt (`sample.generate`), score them, take
-`group_advantages`; draw mu masks up front, one per inner iteration, and under each compute old_logp (the
-rollout policy) and ref_logp (the frozen reference) with no grad; then take mu optimiser steps on the same
-rollouts, step i scoring the current policy on the i-th perturbed input (trainer.py:95-99, 368, 449-478). d1 uses
-mu = 12 for GSM8K and MATH, 8 for Countdown and Sudoku (slurm_scripts/*.sbatch:24), G = 6, p = 0.15,
-eps = 0.5, beta = 0.04 (slurm_scripts/train.yaml:37, 67-70). At mu = 1 d1 takes old_logp = logp.detach().
-
-Where this differs from d1's code:
-1. Padding. d1 pads prompts on the left with EOS (diffu_grpo_train.py:88), treats every one of the first P
-   positions as prompt, so padding is masked with probability p like real tokens (trainer.py:318-320, 251),
-   and calls the model without an attention mask (trainer.py:278). `perturbed_input` never masks padding,
-   and the caller passes attention_mask = [prompt_attention, ones] as `sample.generate` does, so padding
-   is not attended either. prompt_attention=None (and no attention mask) restores d1's behaviour.
-2. Randomness. d1 reseeds every global RNG from a per-iteration seed in [0, 4096) (`forward_process`,
-   trainer.py:242, 451). We draw from a `torch.Generator` the caller owns: same Bernoulli(p) law, another
-   stream, and no side effect on the sampler's randomness.
-3. Normaliser. d1 divides by the masked-token count of one micro-batch (trainer.py:121); TRL's trainer then
-   averages micro-steps and DDP averages ranks. `grpo_loss` does the same by default; a caller may pass the
-   count of the whole update as `n_tokens` instead, so every token weighs the same. An empty mask gives 0
-   here and 0/0 = NaN in d1.
-4. Precision. d1 takes the cross-entropy of the model's (bf16) logits and casts the result to float32
-   (trainer.py:351-360); `completion_logp` does the log-softmax in float32. Both use temperature 1, i.e. the
-   raw logits, although d1 samples at its config default of 0.9 (diffu_grpo_config.py:193-198).
-5. Equal rewards. In a group whose rewards are all equal we return A = 0 exactly; d1's float mean can leave
-   a one-ulp residue.
-6. Guidance. d1 can apply classifier-free guidance in the log-prob pass (`get_logits`, cfg_scale = 0 by
-   default, diffu_grpo_config.py:363-365); we leave it out, as d1's runs do.
-7. Logging. d1's "clip_ratio" counts tokens where rho * A < clip(rho) * A (trainer.py:129), i.e. where the
-   unclipped branch is the minimum. `mdpo.clip_fraction(logp, old_logp, adv[:, None], mask, eps)` counts
-   the clipped branch, as its name says.
+The update (updates.diffu_grpo_update): G completions per prompt, A = r - group mean; mu perturbed inputs
+drawn up front, one per inner iteration; under each, old_logp (mu > 1) and ref_logp with no grad; then mu
+optimiser steps on the same rollouts. d1 uses mu = 12 for GSM8K and MATH, 8 for Countdown and Sudoku,
+G = 6, p = 0.15, eps = 0.5, beta = 0.04. Where this differs from d1: DEVIATIONS.md, "grpo.py".
 """
+
 import torch
 
 import mdpo
@@ -99,17 +69,6 @@ def perturbed_input(prompt_ids, completion_ids, prompt_attention, mask_id, p_mas
     masked = real & (u < p_mask)  # (B, P)
     x_prompt = torch.where(masked, torch.full_like(prompt_ids, mask_id), prompt_ids)  # (B, P)
     return torch.cat([x_prompt, torch.full_like(completion_ids, mask_id)], dim=1)  # (B, P + L)
-
-
-def completion_logp(logits, completion_ids, temperature=1.0):
-    """d1 per-token log-prob (`_get_per_token_logps`, trainer.py:343-354): log p_theta(o_k | perturbed input).
-
-    logits: (B, P + L, V) from one forward pass on `perturbed_input`; completion_ids: (B, L) the sampled
-    tokens. Reads the last L positions. temperature 1 (the raw logits) is d1's choice; see `mdpo.token_logp`.
-    Returns (B, L) float32.
-    """
-    L = completion_ids.shape[1]
-    return mdpo.token_logp(logits[:, -L:], completion_ids, temperature)  # (B, L)
 
 
 def kl_k3(logp, ref_logp):

@@ -1,35 +1,19 @@
-"""MDPO's training objective and LLaDA's SFT objective as small pure functions (paper Sec. 2.1, 2.3, App. A).
+"""MDPO's training objective and LLaDA's SFT objective as small pure functions (Sections 2.1, 2.3, App. A).
 
-Paper -> code:
-    Eq. 1  (masked diffusion / SFT loss)      -> `masked_diffusion_loss`
-    Eq. 11 (= s_{t,k} of Eq. 6, step score)   -> `step_scores`
-    Eq. 6  (group-relative advantage)         -> `group_advantages`
-    App. A (train on the c steps of largest |A|) -> `select_steps`
-    Eq. 4's normalisation                      -> `loss_denominators`
-    Eq. 5  (clipped, weighted advantage Z)    -> `ratio`, `clipped_surrogate`, `clip_fraction` (logging)
-    Eq. 12 (k2 estimate of the KL)            -> `kl_k2`
-    Eq. 4  (MDPO objective, negated)          -> `mdpo_loss`; its log-probs come from `token_logp`
+Paper -> code
+    Eq. 1  (masked diffusion / SFT loss)          -> `sft_noise` (the random masking), `masked_diffusion_loss`
+    Eq. 11 (s_{t,k} of Eq. 6, the step score)     -> `step_scores`
+    Eq. 6  (group-relative advantage)             -> `group_advantages`
+    App. A (train on the c steps of largest |A|)  -> `select_steps`
+    Eq. 5  (clipped, weighted advantage Z)        -> `ratio`, `clipped_surrogate` (+ `clip_fraction`, logging)
+    Eq. 12 (k2 estimate of the KL)                -> `kl_k2`
+    Eq. 4  (the MDPO objective, negated)          -> `mdpo_loss`, normalised by `loss_denominators`;
+                                                     its log-probs from `token_logp`
 
-Indexing convention (used by every file): a rollout has T steps in rollout order s = 0..T-1, noisy -> clean;
-rewards[:, s] = r(prediction made at step s), and the reward before the first step (the all-mask input) is 0.
-The paper's t counts down: rollout step s is paper step t = T - s, which reads x̄_t and produces x_{t-1}.
-
-Where this differs from the paper or the official code (github.com/autonomousvision/mdpo):
-1. Last step of Eq. 11: the mean over cleaner steps is empty there (1/0 in the paper); like the official
-   code we use R_{T-1} itself. The official score also adds a constant +1, which Eq. 6 removes; we omit it.
-2. Normalisation (`loss_denominators`, train.py --loss-norm): Eq. 4 sums over steps and tokens and divides by
-   G ("paper"); the official code takes the mean over the masked tokens of each trained step, then the mean over
-   steps ("step", our default: every trained step weighs the same whatever its number of masked tokens, so early,
-   mostly-masked steps do not drown the late ones, and the gradient scale does not grow with L or c — the scale the
-   paper's learning rate was tuned at); "token" is the mean over every masked token of the update. The official
-   code also weights the surrogate by L / (masked tokens of the row) and by the step's confidence; neither is in
-   the paper, so we don't.
-3. Step selection: App. A picks the c steps of largest |A| per trajectory, which is what `select_steps`
-   does, but among the steps with A != 0 only: a step whose advantage is 0 has nothing to learn and would only
-   dilute the normaliser (35-44% of the selected steps in our toy logs before). The official code picks one set
-   of c steps for the whole batch (largest |A| summed over rows).
-4. Greedy rollouts (temperature 0): the official code divides the logits by (0 + machine eps); we score
-   under the untempered model (temperature 1), see `token_logp`.
+Indexing (every file): a rollout has T steps in rollout order s = 0..T-1, noisy -> clean; rewards[:, s] is
+r(prediction of step s), and the all-mask input before step 0 has reward 0. The paper's t counts down:
+rollout step s is paper step t = T - s, which reads x̄_t and produces x_{t-1}.
+Where this differs from the paper or the authors' code: DEVIATIONS.md, "mdpo.py".
 """
 import torch
 import torch.nn.functional as F
@@ -155,15 +139,14 @@ def loss_denominators(mask, norm, n_steps, n_tokens, n_rollouts):
 
 
 def mdpo_loss(logp, old_logp, ref_logp, adv, mask, eps=0.2, beta=0.08, denom=None):
-    """Eq. 4 negated: -sum over masked positions of (Z - beta * k2) / denom, for a micro-batch of trained steps.
+    """Eq. 4 negated: -sum over masked positions of (Z - beta * k2) / denom, for B trained (rollout, step) rows.
 
     logp: (B, L) log p_theta(x_{t-1}^i | x̄_t) with grad; old_logp: (B, L) the same under the rollout policy;
-    ref_logp: (B, L) under the frozen reference model (None allowed when beta == 0); adv: (B, 1) or (B, L);
-    mask: (B, L) bool, True where x̄_t was masked (only those positions carry a term, the indicator of Eq. 4).
-    eps = 0.2, beta = 0.08 as in the paper. denom: a number or one per row (B, 1), see `loss_denominators`;
-    default mask.sum() (the mean over this micro-batch's masked tokens). A caller that accumulates gradients
-    over micro-batches passes the update's normaliser, so that the summed gradients are the update's mean.
-    An empty mask gives 0 (with a graph). Returns a scalar.
+    ref_logp: (B, L) under the frozen reference (None allowed when beta == 0); adv: (B, 1) or (B, L);
+    mask: (B, L) bool, True where x̄_t was masked (the indicator of Eq. 4). eps = 0.2, beta = 0.08 as in
+    the paper. denom: one number per row (B, 1) or a scalar, see `loss_denominators`; the default is its
+    "step" normalisation over these B rows alone: the mean over each row's masked tokens, then over rows.
+    A caller accumulating micro-batches passes the whole update's. An empty mask gives 0. Returns a scalar.
     """
     if beta != 0 and ref_logp is None:
         raise ValueError("mdpo.mdpo_loss: ref_logp is None but beta != 0")
@@ -171,29 +154,36 @@ def mdpo_loss(logp, old_logp, ref_logp, adv, mask, eps=0.2, beta=0.08, denom=Non
     if beta != 0:
         per_token = per_token - beta * kl_k2(logp, ref_logp)  # (B, L)
     if denom is None:
-        denom = mask.sum()
+        denom = loss_denominators(mask, "step", mask.shape[0], None, None)  # (B, 1)
     denom = torch.as_tensor(denom, dtype=per_token.dtype, device=per_token.device).clamp(min=1)
     # torch.where, not a product with the mask, so a non-finite value at an unmasked position cannot leak in.
     return -(torch.where(mask, per_token, torch.zeros_like(per_token)) / denom).sum()
 
 
-def masked_diffusion_loss(model, x0, maskable, mask_id, attention_mask=None, generator=None, eps=1e-3):
-    """Eq. 1, LLaDA's SFT objective: mask a random fraction tau of the answer, predict it, weight by 1/tau.
+def sft_noise(x0, maskable, mask_id, generator=None, eps=1e-3):
+    """Eq. 1's masking function gamma~(x0, tau): draw tau ~ U(0, 1) per row, then mask every maskable token
+    independently with probability p_mask = (1 - eps) * tau + eps (eps keeps 1 / p_mask finite, as LLaDA).
 
-    model: callable, model(x, attention_mask=...).logits is (B, L, V). x0: (B, L) long, clean sequences.
-    maskable: (B, L) bool, True on answer tokens (False on the prompt, which is never masked; LLaDA counts
-    the EOS padding of the answer as answer). mask_id: tokenizer.mask_token_id. generator: draws tau (B,)
-    first, then u (B, L). p_mask = (1 - eps) * tau + eps keeps 1/p_mask finite; token i is masked if
-    maskable and u < p_mask. Per row: sum over masked tokens of CE / p_mask, divided by that row's number of
-    maskable tokens (LLaDA's SFT normalisation by answer length); then the mean over rows. Returns a scalar.
+    x0: (B, L) long, clean sequences; maskable: (B, L) bool, True on the answer (never the prompt; LLaDA
+    counts the EOS padding of the answer as answer). generator draws tau (B,), then u (B, L).
+    Returns x_tau (B, L) with [MASK] at the masked positions, masked (B, L) bool, p_mask (B, 1).
     """
     B, L = x0.shape
     tau = torch.rand(B, generator=generator, device=x0.device)  # (B,)
     p_mask = ((1 - eps) * tau + eps).unsqueeze(1)  # (B, 1)
     u = torch.rand(B, L, generator=generator, device=x0.device)  # (B, L)
     masked = maskable & (u < p_mask)  # (B, L)
-    x_noisy = torch.where(masked, torch.full_like(x0, mask_id), x0)  # (B, L)
-    logits = model(x_noisy, attention_mask=attention_mask).logits  # (B, L, V)
+    return torch.where(masked, torch.full_like(x0, mask_id), x0), masked, p_mask
+
+
+def masked_diffusion_loss(logits, x0, masked, p_mask, maskable):
+    """Eq. 1, LLaDA's SFT objective: the cross-entropy of the masked tokens weighted by 1 / tau.
+
+    logits: (B, L, V), the model on x_tau from `sft_noise`; x0: (B, L) the clean tokens; masked: (B, L) bool;
+    p_mask: (B, 1) the masking probability tau of each row; maskable: (B, L) bool. Per row: the sum over
+    masked tokens of CE / p_mask, divided by the row's number of maskable tokens (LLaDA's SFT normalises by
+    the answer length); then the mean over rows. Returns a scalar.
+    """
     ce = -token_logp(logits, x0)  # (B, L)
     weighted = torch.where(masked, ce / p_mask, torch.zeros_like(ce))  # (B, L)
     return (weighted.sum(1) / maskable.sum(1).clamp(min=1)).mean()

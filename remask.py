@@ -9,36 +9,11 @@ Paper -> code
 
 Time: the paper's t counts down from T (all masked) to 0 (all revealed). In code a rollout has steps
 s = 0..T-1 in rollout order (noisy -> clean); step s is the paper's step t = T - s and produces x_{t-1}.
-
-Where the code differs from the paper or the official code:
-1. Eq. 7 has two implementations that differ only in how they break exact ties at the boundary.
-   `remask` is Eq. 7 as written (the n_mask candidates with the highest score get [MASK]); the official
-   RCR selects that way. `unmask` keeps the n_keep candidates with the lowest score; LLaDA's generate.py
-   (LCR, random) selects that way. Both run `torch.topk` like their reference, and sample.py hands them
-   full rows (prompt + generation, the prompt never a candidate) because which of several equal values
-   topk picks depends on the row's length and layout. With the scores of item 4 this makes greedy LCR
-   token-identical to LLaDA's generate.py, exact ties included (tests/test_sample.py), whenever: the
-   model runs in float32 (LLaDA takes its softmax in the model's dtype, sample.py in float32), it gives
-   [MASK] zero probability (sample.py never predicts [MASK]), the prompts hold no [MASK] (LLaDA fills
-   them), and it runs on CPU (on CUDA, which of several equal values torch.topk picks is not specified,
-   and the output layer applied to some rows only, sample.row_logits, may round them differently from
-   the full matmul; there the identity holds up to exact ties).
-2. phi(t) is read as the fraction of tokens *revealed* at time t (phi(T) = 0, phi(0) = 1), which is
-   what Eq. 13 gives; the text around Eq. 7 calls the same count "masked".
-3. RCR (paper-exact, `update_running_max`): the score of a position is minus the running maximum of
-   the confidences it has had, and *all* generated positions up to the end of the current block are
-   candidates, so an early low-confidence token can be remasked later. The official code instead
-   overwrites a position's confidence with its latest prediction (`update_latest`) and counts tokens
-   per step with its own rule (`official_linear_counts`): remasking "rcr-latest" in sample.py.
-   Its remask step is `remask` over the same candidates, with one exception: it gives the prompt and
-   the later blocks a confidence of 1.0 instead of excluding them, so a generated token whose
-   confidence is exactly 1.0 ties with them; there it may remask prompt tokens (see sample.py),
-   while we never do. (It also reads a confidence of exactly 0 as "never predicted", i.e. 1.0.)
-   Otherwise our selection is the official one, ties included (tests/test_sample.py).
-4. Scores drop the constant 1 of Eq. 9 and 10: m = -p instead of 1 - p. The order is the same, but -p
-   is exact in float32 where 1 - p rounds nearby confidences together, so topk sees exactly the values
-   (and ties) that LLaDA's and the official top-k see.
+Where this differs from the paper, LLaDA and the authors' code: DEVIATIONS.md, "remask.py" (two forms of
+Eq. 7 for exact ties, phi as the revealed share, RCR's running max vs the authors' latest confidence,
+scores as -p instead of 1 - p).
 """
+
 import math
 
 import torch

@@ -17,40 +17,9 @@ are binary, as in the paper (App. C.1: "we only use the binary rewards").
   "math_verify" (worker requests), "timeout" (requests over TIMEOUT_S: worker killed, reward 0.0)
   and "crash" (requests whose worker died or did not start: reward 0.0).
 
-Differences from the reference implementations (d1 / MDPO / TinyZero reward code):
-1. Math reads only the last closed \\boxed{}. The authors' verifier (math-verify with boxed first and
-   try_extract_without_anchor=False) also pays "final answer is $x$", falls back to an earlier box when
-   the last one is cut off, and joins several boxes into a set. Equality is our string check, else
-   math-verify's default verify of the box content, which was right on 99.3% of 11.6k realistic
-   completions (the authors' configuration: 95.3%; it rejects \\frac53 as malformed, for one).
-2. Countdown reads the last box or answer tag, whichever starts later, so that both the authors'
-   prompt (\\boxed{}) and d1's (<answer>) score right; as the authors do, \\times \\cdot \\div count
-   as * * /. Where we differ from the authors' eval/countdown.py: with neither a closed box nor a tag
-   we score 0 (they evaluate the whole text: its first "<expr> = <number>"); after a cut-off last
-   box we read the last tag (they read the first); we drop a trailing "= <target>" only (they drop
-   "= <any number>", so "3*5+7=23" scores 1.0 there and 0.0 here). d1 reads <answer> tags only.
-3. Countdown never calls `eval`: `countdown_eval` walks Python's AST over exact Fractions and rejects
-   **, //, names, calls, floats, literals of 7+ digits, strings over 200 characters and nesting
-   deeper than 20 (the references' `eval` hangs on `30**100**93`). Values must equal the target
-   exactly instead of within 1e-5. Unary minus is allowed, as the references' regex allows it.
-4. math-verify runs in one persistent worker per calling process, a fresh interpreter
-   (`python rewards.py --math-verify-worker FD`, over a socket pair), with a wall-clock limit of
-   `TIMEOUT_S` per call; on timeout the worker is killed, the reward is 0.0 and a replacement starts
-   at once. Its startup (Python, math-verify, a first verify: 0.6-1.0 s and 60 MB on a 2-core CPU; a
-   fork took 0.15 s) is waited for apart and never billed to a call; calls/s are as with a fork.
-   We do not fork: a fork copies the locks other threads hold at that instant, and a forked worker
-   that needs one (a module another thread is importing) waits for good, so every call it gets times
-   out (tests/test_rewards.py provokes this). The worker ends with us: killed at exit, at EOF if we
-   die, or by its own alarm if we die while it computes. math-verify's own timeouts use SIGALRM,
-   which raises off the main thread and only counts whole seconds, so the worker turns them off.
-5. Cheap guards come first. Identical answers score 1.0 without a verifier call: box and gold are
-   compared as strings after cosmetic normalisation (spaces, \\left/\\right, thin spaces, \\dfrac;
-   spaces inside \\text{} are the one change that is not purely cosmetic). A box longer than
-   `MAX_ANSWER_CHARS` counts as no box. All 500 MATH-500 gold answers also verify against themselves
-   through math-verify (the tests check both paths), so the string check only saves time.
-6. The references score every step from scratch; `score_trajectory` memoises per rollout on the final
-   answer (exact: see its docstring), so a 128-step trajectory costs a handful of verifier calls and
-   a step without a final answer costs none.
+Where this differs from the reference implementations (d1, the authors', TinyZero): DEVIATIONS.md,
+"rewards.py" (the last closed box only, countdown without `eval`, math-verify in a worker interpreter with
+a time limit, intermediate rewards memoised on the final answer).
 """
 import ast
 import atexit
@@ -88,7 +57,7 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE = re.compile(r"\\[{}]|[{}]")  # escaped braces (\{ \}) are matched and skipped
 
 
-def _last_boxed_at(text: str, max_len: int = MAX_ANSWER_CHARS) -> tuple[int, str] | None:
+def last_boxed_at(text: str, max_len: int = MAX_ANSWER_CHARS) -> tuple[int, str] | None:
     """(start, content) of the last \\boxed{...} / \\fbox{...}; None if absent, unbalanced or over max_len.
 
     Scanning stops after max_len characters, so a box that never closes costs no more than that.
@@ -106,7 +75,7 @@ def _last_boxed_at(text: str, max_len: int = MAX_ANSWER_CHARS) -> tuple[int, str
     return None
 
 
-def _last_answer_tag_at(text: str) -> tuple[int, str] | None:
+def last_answer_tag_at(text: str) -> tuple[int, str] | None:
     """(start, content) of the last <answer>...</answer>, None if there is none. Linear time."""
     end = text.rfind("</answer>")
     start = text.rfind("<answer>", 0, end) if end >= 0 else -1
@@ -118,13 +87,7 @@ def _last_answer_tag_at(text: str) -> tuple[int, str] | None:
 
 def last_boxed(text: str, max_len: int = MAX_ANSWER_CHARS) -> str | None:
     """Content of the last \\boxed{...} / \\fbox{...}; None if absent, unbalanced or over max_len."""
-    found = _last_boxed_at(text, max_len)
-    return None if found is None else found[1]
-
-
-def last_answer_tag(text: str) -> str | None:
-    """Content of the last <answer>...</answer>, None if there is none."""
-    found = _last_answer_tag_at(text)
+    found = last_boxed_at(text, max_len)
     return None if found is None else found[1]
 
 
@@ -139,7 +102,7 @@ def countdown_answer(completion: str) -> tuple[str | None, bool]:
     The final answer is the content of the last closed box or of the last answer tag, whichever
     starts later; a box inside the tag (<answer>\\boxed{...}</answer>) starts later, so it wins.
     """
-    box, tag = _last_boxed_at(completion), _last_answer_tag_at(completion)
+    box, tag = last_boxed_at(completion), last_answer_tag_at(completion)
     found = [x for x in (box, tag) if x is not None]
     return (max(found)[1] if found else None), tag is not None
 

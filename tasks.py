@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import rewards
-import sample
+import models
 import toy
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data"
@@ -134,7 +134,7 @@ def prompt_texts(task, examples):
 def sft_batch(tokenizer, examples, task, gen_length):
     """Eq. 1's training data: prompt + reference completion + [EOS] padding to gen_length (LLaDA's SFT format).
     Returns x (B, P+L), attention mask (B, P+L), maskable (B, P+L) bool: True on the completion part."""
-    ids, attn = sample.encode_prompts(tokenizer, prompt_texts(task, examples))  # (B, P) each
+    ids, attn = models.encode_prompts(tokenizer, prompt_texts(task, examples))  # (B, P) each
     comp = [tokenizer.encode(ex["completion"])[:gen_length] for ex in examples]
     comp = torch.tensor([c + [tokenizer.eos_token_id] * (gen_length - len(c)) for c in comp])  # (B, L)
     maskable = torch.cat([torch.zeros_like(ids, dtype=torch.bool), torch.ones_like(comp, dtype=torch.bool)], 1)

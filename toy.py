@@ -17,6 +17,7 @@ left-padded row in a batch gives exactly what it gives alone.
 """
 import json
 import random
+import re
 import zlib
 from pathlib import Path
 
@@ -107,6 +108,7 @@ class ToyMDLM(PreTrainedModel):
     """Mask predictor p_theta(x_0 | x_bar_t): embeddings -> n_layers blocks -> logits over the vocabulary."""
 
     config_class = ToyConfig
+    hidden_before_output_layer = True  # forward(..., hidden_only=True): see sample.split_output_layer
     base_model_prefix = "toy"
     _no_split_modules = ["Block"]  # the unit FSDP shards (train.py --fsdp), as in HF models
 
@@ -125,7 +127,12 @@ class ToyMDLM(PreTrainedModel):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids, attention_mask=None, **kwargs):
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids, attention_mask=None, hidden_only=False, **kwargs):
+        """logits (B, L, V); with hidden_only=True the output layer's input (B, L, D) in .hidden_states
+        instead, so that sample.py can run that layer on the rows it needs only."""
         if attention_mask is None:
             pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, L)
             key_mask = None
@@ -137,7 +144,10 @@ class ToyMDLM(PreTrainedModel):
         x = self.tok(input_ids) + self.pos(pos)  # (B, L, D)
         for block in self.blocks:
             x = block(x, key_mask)
-        return MaskedLMOutput(logits=self.head(self.ln(x)))  # (B, L, V)
+        h = self.ln(x)  # (B, L, D)
+        if hidden_only:
+            return MaskedLMOutput(hidden_states=h)
+        return MaskedLMOutput(logits=self.head(h))  # (B, L, V)
 
 
 def save_fresh(path, seed):
@@ -182,6 +192,23 @@ def _arith_example(rng):
 
 
 TASKS = {"toy-countdown": _countdown_example, "toy-arith": _arith_example}
+
+
+def example_from_prompt(task, prompt):
+    """The example dict a toy prompt stands for (what its reward needs), e.g. for sample.py --task."""
+    if task == "toy-countdown":
+        found = re.fullmatch(r"nums ((?:\d+ )+)-> (\d+)", prompt.strip())
+        if found:
+            return {"prompt": prompt, "numbers": [int(n) for n in found[1].split()], "target": int(found[2])}
+    elif task == "toy-arith":
+        found = re.fullmatch(r"a=(\d)([+-])(\d);b=a\*(\d);b([+-])(\d)=\?", prompt.strip())
+        if found:
+            x, o1, y, k, o3, z = found.groups()
+            b = (int(x) + int(y) if o1 == "+" else int(x) - int(y)) * int(k)
+            return {"prompt": prompt, "answer": str(b + int(z) if o3 == "+" else b - int(z))}
+    else:
+        raise ValueError(f"unknown toy task {task!r}; choose from {sorted(TASKS)}")
+    raise ValueError(f"{prompt!r} is not a {task} prompt (e.g. {TASKS[task](random.Random(0))['prompt']!r})")
 SPLITS = ("test", "val", "train")  # indexed by min(crc32(prompt) % 5, 2)
 
 

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import eval as ev
-import tasks
+import models
 import rewards
 import sample
+import tasks
 import toy
 from conftest import DATA, ROOT, run_bounded
 
@@ -111,7 +112,7 @@ def test_authors_protocol_user_turn_only_and_their_countdown_prompt():
     assert text == tasks.COUNTDOWN_INSTRUCTION + "\n\nNumbers: [30, 100, 93]\nTarget: 23"
     assert text.startswith("Using only the provided numbers, create an arithmetic expression")
     tok = RecordingChatTokenizer()
-    sample.encode_prompts(tok, [text, "What is 1+1?\n" + tasks.MATH_INSTRUCTION])
+    models.encode_prompts(tok, [text, "What is 1+1?\n" + tasks.MATH_INSTRUCTION])
     assert [[m["role"] for m in ms] for ms in tok.messages] == [["user"], ["user"]]
 
 
@@ -230,7 +231,7 @@ def test_evaluate_scripted_overdenoising(tok):
 
 
 def test_evaluate_toy_model_rows_in_order(checkpoint):
-    model, tok = sample.load_model(checkpoint)
+    model, tok = models.load_model(checkpoint)
     examples = tasks.load_examples("toy-countdown", limit=5)
     kw = dict(gen_length=16, block_length=8, steps=8, remasking="rcr", mask_id=tok.mask_token_id, progress=False)
     seen = []
@@ -333,7 +334,7 @@ def test_reward_failures_are_counted_in_the_table(checkpoint, tmp_path, monkeypa
 def test_cli_write_overdenoised_round_trip(tmp_path, monkeypatch, tok):
     data = tmp_path / "problems.jsonl"
     data.write_text(json.dumps(SOLVABLE) + "\n" + json.dumps(UNSOLVABLE) + "\n")
-    monkeypatch.setattr(sample, "load_model", lambda *a, **k: (OverDenoiser(tok, 16), tok))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (OverDenoiser(tok, 16), tok))
     picked = tmp_path / "overdenoised.jsonl"
     ev.main(["--model", "scripted", "--task", "toy-countdown", "--data", str(data), "--gen-length", "16",
              "--block-length", "8,16", "--steps", "8", "--out", str(tmp_path / "run"),
@@ -343,6 +344,7 @@ def test_cli_write_overdenoised_round_trip(tmp_path, monkeypatch, tok):
     assert not (tmp_path / "run" / "overdenoising.md").exists()  # that needs --trajectory-stats
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(checkpoint, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     ev.main(grid(checkpoint, one, "--remasking", "lcr", "--split", "train"))

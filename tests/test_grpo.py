@@ -7,11 +7,14 @@ import math
 import os
 import sys
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grpo  # noqa: E402
+import updates  # noqa: E402
 
 LN2 = math.log(2.0)
 MASK_ID, EOS_ID = 99, 7
@@ -135,12 +138,19 @@ def test_perturbed_input_rejects_bad_p():
 
 # log-probs ----------------------------------------------------------------------------------------
 
-def test_completion_logp_reads_last_L_positions():
+def test_policy_logp_reads_the_completion_positions():
+    """updates.policy_logp, the log-prob of every update (d1's `_get_per_token_logps`): positions after the
+    prompt only, raw logits (temperature 1), float32."""
     logits = torch.zeros(1, 3, 3)
     logits[0, 0] = torch.tensor([50.0, -50.0, 0.0])   # a prompt position: must be ignored
     logits[0, 1] = torch.tensor([1.0, 2.0, 3.0])
     logits[0, 2] = torch.tensor([0.0, 0.0, 0.0])
-    got = grpo.completion_logp(logits, torch.tensor([[2, 1]]))
+
+    def model(x, attention_mask=None):
+        return SimpleNamespace(logits=logits)
+    batch = updates.MicroBatch([torch.zeros(1, 3, dtype=torch.long)], torch.ones(1, 3), torch.tensor([[2, 1]]),
+                               torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 1), prompt_len=1)
+    got = updates.policy_logp(model, batch, 0, 1.0)
     # position 1, target 2: -log(1 + e^-1 + e^-2) = -log(1.5032147) = -0.4076060 (raw logits, temperature 1)
     # position 2, target 1: uniform over 3 -> -log 3 = -1.0986123
     assert got.dtype == torch.float32 and close(got, [[-0.4076060, -1.0986123]])

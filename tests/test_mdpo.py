@@ -284,8 +284,8 @@ def test_masked_diffusion_loss_matches_slow_loop():
     B, L = x0.shape
     eps = 1e-3
     for seed in range(5):
-        fast = mdpo.masked_diffusion_loss(model, x0, maskable, MASK_ID,
-                                          generator=torch.Generator().manual_seed(seed), eps=eps)
+        x_tau, masked, p_mask = mdpo.sft_noise(x0, maskable, MASK_ID, torch.Generator().manual_seed(seed), eps)
+        fast = mdpo.masked_diffusion_loss(model(x_tau).logits, x0, masked, p_mask, maskable)
         g = torch.Generator().manual_seed(seed)
         tau = torch.rand(B, generator=g)       # same draws, same order: tau first, then u
         u = torch.rand(B, L, generator=g)
@@ -312,9 +312,9 @@ def test_masked_diffusion_loss_never_masks_prompt():
     x0, maskable = sft_batch()
     n_masked = 0
     for seed in range(20):
-        loss = mdpo.masked_diffusion_loss(model, x0, maskable, MASK_ID, generator=torch.Generator().manual_seed(seed))
-        x_noisy = seen[-1]
-        assert torch.equal(x_noisy[~maskable], x0[~maskable])
+        x_noisy, masked, p_mask = mdpo.sft_noise(x0, maskable, MASK_ID, torch.Generator().manual_seed(seed))
+        loss = mdpo.masked_diffusion_loss(model(x_noisy).logits, x0, masked, p_mask, maskable)
+        assert torch.equal(x_noisy[~maskable], x0[~maskable]) and torch.equal(masked, x_noisy == MASK_ID)
         n_masked += int((x_noisy == MASK_ID).sum())
         assert torch.isfinite(loss) and loss.requires_grad
     assert n_masked > 0  # the answer does get masked, so the check above is not vacuous
@@ -342,6 +342,8 @@ def test_step_normalisation_weighs_every_step_alike():
     loss = mdpo.mdpo_loss(logp, logp.detach(), None, torch.ones(2, 1), mask, beta=0.0, denom=denom)
     loss.backward()
     assert close(loss, -1.0) and close(logp.grad, [[-0.5, 0, 0], [-1 / 6, -1 / 6, -1 / 6]])
+    # mdpo_loss's default normaliser is this one, over the rows it is given
+    assert close(mdpo.mdpo_loss(logp, logp.detach(), None, torch.ones(2, 1), mask, beta=0.0), -1.0)
 
 
 def test_select_steps_skips_zero_advantages():

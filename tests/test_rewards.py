@@ -21,7 +21,7 @@ import torch
 
 import rewards
 from conftest import DATA, ROOT, alive, run_bounded
-from rewards import (countdown_eval, countdown_reward, last_answer_tag, last_boxed, math_reward, reward,
+from rewards import (countdown_eval, countdown_reward, last_answer_tag_at, last_boxed, math_reward, reward,
                      score_trajectory, verify_in_worker)
 
 MATH500, COUNTDOWN = DATA / "math500_test.jsonl", DATA / "countdown_cd3_test.jsonl"
@@ -69,12 +69,12 @@ def test_last_boxed():
 
 
 def test_last_answer_tag():
-    assert last_answer_tag("<answer>1+2</answer> x <answer>3*4</answer>") == "3*4"
-    assert last_answer_tag("<answer>a</answer> b </answer>") == "a"
-    assert last_answer_tag("<answer>a<answer>b</answer>") == "b"
-    assert last_answer_tag("<answer></answer>") == ""
-    assert last_answer_tag("<answer>3*4") is None
-    assert last_answer_tag("3*4</answer>") is None
+    assert last_answer_tag_at("<answer>1+2</answer> x <answer>3*4</answer>")[1] == "3*4"
+    assert last_answer_tag_at("<answer>a</answer> b </answer>")[1] == "a"
+    assert last_answer_tag_at("<answer>a<answer>b</answer>")[1] == "b"
+    assert last_answer_tag_at("<answer></answer>")[1] == ""
+    assert last_answer_tag_at("<answer>3*4") is None
+    assert last_answer_tag_at("3*4</answer>") is None
 
 
 # ----------------------------------------------------------------------------- math

@@ -14,7 +14,8 @@ import transformers
 import sample
 import toy
 from conftest import ROOT, large_weights_toy, run_bounded
-from sample import decode_completions, encode_prompts, generate, load_model, resolve_mask_id
+from models import decode_until_eos, encode_prompts, load_model, resolve_mask_id
+from sample import generate
 
 
 def llada_reference(model, prompt, steps, gen_length, block_length, mask_id):
@@ -153,7 +154,7 @@ def test_tiny_hf_model_loads_and_generates(tmp_path, remasking):
     x = generate(model, ids, attention_mask=attn, gen_length=8, block_length=4, steps=4, remasking=remasking,
                  mask_id=mask_id, temperature=0.5, generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, ids.shape[1] + 8) and (x[:, ids.shape[1]:] != mask_id).all()
-    assert all(isinstance(t, str) for t in decode_completions(tokenizer, x[:, ids.shape[1]:]))
+    assert all(isinstance(t, str) for t in decode_until_eos(tokenizer, x[:, ids.shape[1]:]))
 
 
 def test_unknown_mask_id_is_a_clear_error(tmp_path):
@@ -179,14 +180,17 @@ def test_toy_checkpoint_round_trip_and_cli_show(tmp_path, tok):
                        "--show"], 120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("step   1/4 | ") and lines[0].count("_") == 6  # 2 of 8 revealed after step 1
-    assert lines[3].startswith("step   4/4 | ") and "_" not in lines[3][13:]
+    assert lines[0].startswith("legend: _ = [MASK], · = [EOS], ⏎ = '\\n'")
+    assert lines[1].startswith("step   1/4 | ") and lines[1].count("_") == 6  # 2 of 8 revealed after step 1
+    assert lines[4].startswith("step   4/4 | ") and "_" not in lines[4][13:]
+    assert len(lines[4]) == len("step   4/4 | ") + 8  # one character per token
 
 
 # ----------------------------------------------------------------------------- exact ties, official RCR, fast path
 class Bigram(torch.nn.Module):
     """logits at position j = head(emb(x_{j-1})): positions with the same left neighbour tie exactly.
-    A Linear output layer, so generate computes only the rows it needs (sample.row_logits)."""
+    It declares its Linear output layer, so generate runs it on the rows it needs (sample.head_on_rows)."""
+    hidden_before_output_layer = True
 
     def __init__(self, V, mask_id, scale, seed=0):
         super().__init__()
@@ -202,8 +206,10 @@ class Bigram(torch.nn.Module):
     def get_output_embeddings(self):
         return self.head
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, hidden_only=False):
         prev = torch.cat([input_ids[:, :1], input_ids[:, :-1]], 1)  # (B, S)
+        if hidden_only:
+            return SimpleNamespace(hidden_states=self.emb(prev))  # (B, S, 8)
         return SimpleNamespace(logits=self.head(self.emb(prev)))  # (B, S, V)
 
 
@@ -300,22 +306,23 @@ def test_official_rcr_rewrites_the_prompt_at_confidence_one_but_ours_never(tok):
     assert (tr.x_bar[16] != M).sum() == 33  # 1 - 16/20 rounds below 0.2: floor(40 * that) = 7 still masked
 
 
-def tiny_bert_model(V=30):
-    config = transformers.BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    return transformers.BertForMaskedLM(config).eval()
+def toy_without_mask(tok):
+    """The large-weights toy, which declares its output layer, never predicting [MASK]."""
+    model = large_weights_toy()
+    with torch.no_grad():
+        model.head.bias[tok.mask_token_id] = -1e9
+    return model
 
 
 @pytest.mark.parametrize("remasking, temperature, top_p, cfg, block", [
     ("lcr", 0.0, 1.0, 0.0, 24), ("lcr", 0.8, 1.0, 0.0, 8), ("rcr", 0.0, 0.9, 1.5, 8),
     ("rcr-latest", 0.7, 0.9, 0.0, 24), ("random", 1.0, 1.0, 0.0, 8)])
-def test_output_layer_on_needed_rows_equals_full_forward(remasking, temperature, top_p, cfg, block):
-    model, M = tiny_bert_model(), 4
-    ids, attn = torch.randint(5, 30, (3, 6)), torch.ones(3, 6, dtype=torch.long)
+def test_output_layer_on_needed_rows_equals_full_forward(tok, remasking, temperature, top_p, cfg, block):
+    model, M = toy_without_mask(tok), tok.mask_token_id
+    ids, attn = torch.randint(5, tok.vocab_size, (3, 6)), torch.ones(3, 6, dtype=torch.long)
     attn[0, :2] = 0  # left-padded row
     runs = []
-    for m in (model, Wrapped(model)):  # Wrapped: no output layer exposed -> full logits
+    for m in (model, Wrapped(model)):  # Wrapped: no output layer declared -> full logits
         for record in (True, False):
             runs.append(generate(m, ids, attention_mask=attn, gen_length=24, block_length=block, steps=12,
                                  remasking=remasking, temperature=temperature, top_p=top_p, cfg_scale=cfg,
@@ -328,12 +335,11 @@ def test_output_layer_on_needed_rows_equals_full_forward(remasking, temperature,
         assert torch.equal(x_fast, x_fast_norec)
 
 
-def test_record_false_predicts_only_up_to_the_block_end():
-    model, M = tiny_bert_model(), 4
+def test_record_false_predicts_only_up_to_the_block_end(tok):
+    model, M = toy_without_mask(tok), tok.mask_token_id
     rows = []
-    model.get_output_embeddings().register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0])
-                                                        if args[0].dim() == 2 else None)
-    ids = torch.randint(5, 30, (4, 5))
+    model.get_output_embeddings().register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    ids = torch.randint(5, tok.vocab_size, (4, 5))
     for record in (False, True):
         rows.clear()
         generate(model, ids, gen_length=40, block_length=10, steps=8, mask_id=M, record=record)
@@ -341,20 +347,19 @@ def test_record_false_predicts_only_up_to_the_block_end():
         assert sum(rows) == (4 * (40 + 20) if not record else 160 + 140 + 120 + 100 + 80 + 60 + 40 + 20)
 
 
-def test_model_that_changes_logits_after_its_output_layer_is_not_cut_short():
-    model, M = tiny_bert_model(), 4
-
-    class Doubled(Wrapped):
-        def get_output_embeddings(self):
-            return self.model.get_output_embeddings()
-    ids = torch.randint(5, 30, (2, 5))
-    assert sample.hidden_states(model, model.get_output_embeddings(), ids, None) is not None
-    doubled = Doubled(model, scale=2.0)
-    assert sample.hidden_states(doubled, doubled.get_output_embeddings(), ids, None) is None
-    kw = dict(gen_length=16, block_length=16, steps=8, mask_id=M, temperature=0.5, record=True)
-    x, tr = generate(doubled, ids, generator=torch.Generator().manual_seed(0), **kw)
-    x_ref, tr_ref = generate(Wrapped(model, 2.0), ids, generator=torch.Generator().manual_seed(0), **kw)
-    assert torch.equal(x, x_ref) and torch.equal(tr.logp, tr_ref.logp)
+def test_only_a_declared_output_layer_is_split_off(tmp_path, tok):
+    """The toy declares that its logits are its Linear head applied to forward(hidden_only=True): true bit for
+    bit. A model that does not declare it (an HF model, a wrapper) runs in full."""
+    model = large_weights_toy()
+    assert sample.split_output_layer(model) is model.head
+    x = torch.randint(5, tok.vocab_size, (2, 9))
+    attn = torch.ones(2, 9, dtype=torch.long)
+    attn[1, :3] = 0
+    hidden = model(x, attention_mask=attn, hidden_only=True).hidden_states  # (2, 9, D)
+    assert torch.equal(model.head(hidden), model(x, attention_mask=attn).logits)
+    assert sample.split_output_layer(Wrapped(model)) is None
+    bert, _ = load_model(str(tiny_bert(tmp_path)))
+    assert sample.split_output_layer(bert) is None
 
 
 # ----------------------------------------------------------------------------- sampling, top-p, tempered confidence
@@ -376,9 +381,9 @@ def test_top_p_by_hand():
     assert torch.isfinite(kept[0, :2]).all() and (kept[0, 2:] == -torch.inf).all()
     assert torch.isfinite(sample.nucleus(logits, 0.1)[0]).tolist() == [True, False, False, False, False]
     # temperature 0 with top-p (official evaluation): argmax unchanged, confidence renormalised over the nucleus
-    tokens, conf, logp = sample.predict(logits, 0.0, M, top_p=0.7, confidence="sampling")
+    tokens, conf, logp = sample.predict(logits.clone(), 0.0, M, top_p=0.7, confidence="sampling")
     assert tokens.item() == 0 and conf.item() == pytest.approx(2 / 3) and logp.item() == pytest.approx(math.log(2 / 3))
-    tokens, conf, logp = sample.predict(logits, 0.0, M, top_p=0.7, confidence="model")
+    tokens, conf, logp = sample.predict(logits.clone(), 0.0, M, top_p=0.7, confidence="model")
     assert conf.item() == pytest.approx(0.5) and logp.item() == pytest.approx(math.log(2 / 3))  # 0.5 / 0.75
 
 
@@ -393,7 +398,7 @@ def test_predict_draws_the_exact_distribution(temperature, top_p):
     keep = [i == 0 or cum[i - 1] <= top_p for i in range(M)]
     q = [pi if k else 0.0 for pi, k in zip(p, keep)]
     q = [v / sum(q) for v in q] + [0.0]  # [MASK] is never drawn
-    tokens, conf, logp = sample.predict(logits.expand(n, -1), temperature, M, torch.Generator().manual_seed(0),
+    tokens, conf, logp = sample.predict(logits.expand(n, -1).clone(), temperature, M, torch.Generator().manual_seed(0),
                                         top_p=top_p, confidence="sampling")
     assert chi2(torch.bincount(tokens, minlength=M + 1).tolist(), q) < chi2_bound(sum(keep) - 1)
     torch.testing.assert_close(logp, torch.tensor(q).log()[tokens].float())  # log-prob under q

@@ -1,51 +1,59 @@
 """Paper-scale code paths checked on CPU: FSDP2 gradients stay sharded across micro-batches, bf16 compute where
 configured, a reference model whose KL is exactly 0 at the start, sharded checkpoints that reshard on resume.
 pytest -q tests/test_scale.py"""
+import dataclasses
 import json
 import os
-from argparse import Namespace
 
+import pytest
 import torch
 import torch.distributed as dist
 
 import checkpoint
+import config
 import distributed
+import sample
 import toy
 import train
+import updates
 from conftest import ROOT, run_bounded, spawn_bounded
-from test_train import fake_items
+from test_train import fake_batches
 
-ARGS = dict(algo="mdpo", temperature=0.7, inner_steps=1, eps=0.2, beta=0.05, loss_norm="token", fsdp=True,
-            activation_checkpointing=False, trust_remote_code=False, mask_id=None)
+CFG = config.Config(algo="mdpo", temperature=0.7, inner_steps=1, eps=0.2, beta=0.05, loss_norm="token", fsdp=True)
+
+
+def mdpo_loss_of(wrapped, batches, cfg):
+    """batch -> updates.batch_loss at inner step 0, normalised over these batches' tokens (one rank's share)."""
+    loss_fn = updates.mdpo_objective(cfg, 0, sum(b.loss_mask.sum().item() for b in batches), 0)
+    return lambda b: updates.batch_loss(wrapped, b, 0, loss_fn, cfg, cfg.temperature)
 
 
 def fsdp_worker(rank, world, init_file, out_dir, precision):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    args = Namespace(**ARGS, precision=precision, model=str(os.path.join(out_dir, "model")), out=out_dir)
-    model, wrapped, ref, tok, mask_id = train.build(args, rank, world, torch.device("cpu"))
-    items = fake_items(3, seed=rank)
-    n_tokens = sum(it["mask"].sum().item() for it in items)
-    train.fixed_log_probs(wrapped, ref, items, args)
-    held = []
+    cfg = dataclasses.replace(CFG, precision=precision, model=str(os.path.join(out_dir, "model")), out=out_dir)
+    model, wrapped, ref, tok, mask_id = train.build(cfg, rank, world, torch.device("cpu"))
+    batches = fake_batches(3, seed=rank)
+    updates.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
+    held, loss_of = [], mdpo_loss_of(wrapped, batches, cfg)
 
-    def loss_of(it):  # before each micro-batch: which parameters hold a gradient, and of what size
+    def recording_loss_of(b):  # before each micro-batch: which parameters hold a gradient, and of what size
         held.append([(p.grad is not None, p.grad.to_local().numel() if p.grad is not None else 0, p.numel())
                      for p in model.parameters()])
-        return train.rl_loss_fn(wrapped, it, args, 0, (0, n_tokens, 0))
+        return loss_of(b)
 
-    totals = train.backward_micro_batches(wrapped, items, loss_of, args, world)
+    totals = updates.backward(wrapped, batches, recording_loss_of, cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     optimizer.step()
     ck = os.path.join(out_dir, "ck")
     checkpoint.save(ck, model, tok, optimizer, {"gen": [], "step": 1}, rank, full_weights=False)
     saved = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
-    fresh, fresh_wrapped, _, _, _ = train.build(Namespace(**{**vars(args), "beta": 0.0}), rank, world, torch.device("cpu"))
+    fresh, fresh_wrapped, _, _, _ = train.build(dataclasses.replace(cfg, beta=0.0), rank, world, torch.device("cpu"))
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
     state = checkpoint.load(ck, fresh, fresh_opt)
     same = all(torch.equal(v.full_tensor(), saved[k]) for k, v in fresh.state_dict().items())
     files = sorted(os.listdir(ck)) + sorted(os.listdir(os.path.join(ck, "dcp")))
-    result = {"held": held, "kl_sum_at_start": totals[1], "reloaded_equal": same, "files": files, "step": state["step"],
-              "moments": len(fresh_opt.state)}
+    result = {"held": held, "kl_sum_at_start": totals["kl"], "reloaded_equal": same, "files": files,
+              "step": state["step"], "moments": len(fresh_opt.state)}
     with open(os.path.join(out_dir, f"fsdp{rank}.json"), "w") as f:
         json.dump(result, f)
     del model, wrapped, ref, fresh, fresh_wrapped, optimizer, fresh_opt
@@ -60,6 +68,7 @@ def run_fsdp(tmp_path, precision):
     return [json.loads((tmp_path / f"fsdp{r}.json").read_text()) for r in range(2)]
 
 
+@pytest.mark.slow
 def test_fsdp_gradients_are_sharded_after_every_micro_batch_and_kl_starts_at_zero(tmp_path):
     for result in run_fsdp(tmp_path, "fp32"):
         before_first, before_second, before_third = result["held"]
@@ -77,6 +86,7 @@ def test_fsdp_gradients_are_sharded_after_every_micro_batch_and_kl_starts_at_zer
         assert result["reloaded_equal"] and result["step"] == 1 and result["moments"] > 0
 
 
+@pytest.mark.slow
 def test_fsdp_bf16_reference_kl_is_exactly_zero_at_the_start(tmp_path):
     for result in run_fsdp(tmp_path, "bf16"):
         assert result["kl_sum_at_start"] == 0.0
@@ -97,23 +107,21 @@ def test_bf16_rollouts_and_training_forwards_on_cpu(tmp_path, tok):
     tok.save_pretrained(tmp_path / "model")
     ex = toy.make_task("toy-countdown", 2, 0, "train")
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        args = Namespace(**{**ARGS, "fsdp": False}, precision=precision, model=str(tmp_path / "model"), out=str(tmp_path),
-                         task="toy-countdown", group_size=2, gen_length=8, block_lengths=[8], steps=4, remasking="lcr",
-                         top_c=2, micro_batch=4, format_score=0.0)
-        model, wrapped, ref, _, mask_id = train.build(args, 0, 1, torch.device("cpu"))
+        cfg = dataclasses.replace(CFG, fsdp=False, precision=precision, model=str(tmp_path / "model"),
+                                  out=str(tmp_path), group_size=2, gen_length=8, block_lengths=(8,), steps=4)
+        model, wrapped, ref, _, mask_id = train.build(cfg, 0, 1, torch.device("cpu"))
         seen = dtypes_seen(model)
-        items = train.mdpo_micro_batches(wrapped, ref, tok, ex, args, mask_id, 0, torch.Generator().manual_seed(0), {})
+        updates.sample_group(wrapped, tok, ex, cfg, mask_id, torch.Generator().manual_seed(0), 0, record=True)
         assert seen and set(seen) == {dtype}, f"rollouts ran in {set(seen)} under --precision {precision}"
         seen.clear()
-        if items:
-            train.fixed_log_probs(wrapped, ref, items, args)
-            n = sum(it["mask"].sum().item() for it in items)
-            totals = train.backward_micro_batches(wrapped, items, lambda it: train.rl_loss_fn(
-                wrapped, it, args, 0, (len(items), n, 4)), args, 1)
-            assert set(seen) == {dtype} and totals[1] == 0.0  # KL sum 0 at the start, in either precision
+        batches = fake_batches(2)
+        updates.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
+        totals = updates.backward(wrapped, batches, mdpo_loss_of(wrapped, batches, cfg), cfg)
+        assert set(seen) == {dtype} and totals["kl"] == 0.0  # KL sum 0 at the start, in either precision
         assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_is_sharded_and_resumes_on_one_process(tmp_path):
     common = ["--algo", "sft", "--task", "toy-arith", "--micro-batch", "8", "--n-train", "40", "--save-every", "2"]
     cmd = [os.sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", ROOT / "train.py",
@@ -137,27 +145,25 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
     toy.ToyTokenizer().save_pretrained(tmp_path / "model")
     grads = []
     for on in (False, True):
-        args = Namespace(**{**ARGS, "fsdp": False, "beta": 0.0, "activation_checkpointing": on}, precision="fp32",
-                         model=str(tmp_path / "model"), out=str(tmp_path))
-        model, wrapped, _, _, _ = train.build(args, 0, 1, torch.device("cpu"))
+        cfg = dataclasses.replace(CFG, fsdp=False, beta=0.0, activation_checkpointing=on,
+                                  model=str(tmp_path / "model"), out=str(tmp_path))
+        model, wrapped, _, _, _ = train.build(cfg, 0, 1, torch.device("cpu"))
         blocks = distributed.blocks(model)
         assert len(blocks) == 2 and all(("checkpoint" in repr(b.forward)) == on for b in blocks)
-        items = fake_items(2)
-        n = sum(it["mask"].sum().item() for it in items)
-        train.backward_micro_batches(wrapped, items, lambda it: train.rl_loss_fn(wrapped, it, args, 0, (0, n, 0)), args, 1)
+        batches = fake_batches(2)
+        updates.backward(wrapped, batches, mdpo_loss_of(wrapped, batches, cfg), cfg)
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7)
 
 
-def test_training_rollouts_use_the_authors_confidence(tmp_path, tok, monkeypatch):
-    """The authors order a rollout's reveals by the tempered confidence (sample.py, difference 5): so do ours."""
-    seen, real = [], train.sample.generate
-    monkeypatch.setattr(train.sample, "generate", lambda *a, **k: seen.append(k) or real(*a, **k))
+def test_training_rollouts_use_the_authors_confidence(tok, monkeypatch):
+    """The authors order a rollout's reveals by the tempered confidence (DEVIATIONS.md, sample.py 5): so do we."""
+    seen, real = [], sample.generate
+    monkeypatch.setattr(sample, "generate", lambda *a, **k: seen.append(k) or real(*a, **k))
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
-    args = Namespace(task="toy-countdown", group_size=2, gen_length=8, block_lengths=[4, 8], steps=4, remasking="lcr",
-                     temperature=0.7, precision="fp32")
-    train.rollouts(model, tok, toy.make_task("toy-countdown", 2, 0, "train"), args, tok.mask_token_id, 0,
-                   torch.Generator().manual_seed(0))
+    cfg = config.Config(group_size=2, gen_length=8, block_lengths=(4, 8), steps=4, temperature=0.7)
+    updates.sample_group(model, tok, toy.make_task("toy-countdown", 2, 0, "train"), cfg, tok.mask_token_id,
+                         torch.Generator().manual_seed(0), 0, record=False)
     assert [k["confidence"] for k in seen] == ["sampling", "sampling"] and {k["block_length"] for k in seen} == {4, 8}

@@ -1,4 +1,5 @@
 """train.py: DDP gradients, kill-and-resume, a short MDPO run, bad input.  pytest -q tests/test_train.py"""
+import dataclasses
 import json
 import os
 import signal
@@ -11,78 +12,81 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import checkpoint
+import config
 import eval as evaluation
+import mdpo
 import tasks
 import toy
+import updates
 from conftest import ROOT, kill_tree, run_bounded, spawn_bounded
 
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 
 
-def fake_items(n_items, seed=0, b=3, P=5, L=8, V=59, mask_id=1):
-    """Micro-batches shaped like train.mdpo_micro_batches' output, with fixed random content."""
+def fake_batches(n, seed=0, b=3, P=5, L=8, V=59, mask_id=1):
+    """n MDPO micro-batches (as updates.trajectory_batch makes them) with fixed random content."""
     g = torch.Generator().manual_seed(seed)
-    items = []
-    for _ in range(n_items):
+    batches = []
+    for _ in range(n):
         x = torch.randint(5, V, (b, P + L), generator=g)
         mask = torch.rand(b, L, generator=g) < 0.5
         x[:, P:][mask] = mask_id
-        items.append(dict(x=x, attn=torch.ones(b, P + L, dtype=torch.long), targets=torch.randint(5, V, (b, L), generator=g),
-                          mask=mask, adv=torch.randn(b, 1, generator=g), P=P))
-    return items
+        batches.append(updates.MicroBatch([x], torch.ones(b, P + L, dtype=torch.long),
+                                          torch.randint(5, V, (b, L), generator=g), mask,
+                                          torch.randn(b, 1, generator=g), P))
+    return batches
 
 
-ARGS = Namespace(algo="mdpo", temperature=0.7, inner_steps=1, eps=0.2, beta=0.0, loss_norm="token", precision="fp32",
-                 fsdp=False)
+CFG = config.Config(inner_steps=1, eps=0.2, beta=0.0, loss_norm="token", grad_clip=1e9)
+GRPO_CFG = dataclasses.replace(CFG, algo="diffu-grpo", eps=0.5)
 
 
-def grads_after(model, items, world, norm, args=ARGS):
-    loss_of = lambda it: train.rl_loss_fn(model, it, args, 0, norm)  # noqa: E731
-    train.backward_micro_batches(model, items, loss_of, args, world)
-    return {k: v.grad.clone() for k, v in (model.module if world > 1 else model).named_parameters()}
+def grpo_batches(n):
+    """fake_batches as diffu-GRPO micro-batches: the same tokens, scored with d1's loss."""
+    return fake_batches(n, seed=1)
 
 
-GRPO_ARGS = Namespace(**{**vars(ARGS), "algo": "diffu-grpo", "eps": 0.5})
-
-
-def grpo_items(n_items):
-    """fake_items as diffu-GRPO micro-batches: one perturbed input per inner step, an advantage per completion."""
-    return [{**{k: v for k, v in it.items() if k != "x"}, "xs": [it["x"]]} for it in fake_items(n_items, seed=1)]
-
-
-def accumulated_grads(world, rank):
-    """Gradients of MDPO and of diffu-GRPO micro-batches, 4 in all, split over `world` ranks (2 each on 2 ranks):
-    the loss of every micro-batch is divided by the global token count / world, since DDP averages over ranks."""
+def weights_after_one_step(world, rank):
+    """The weights after one MDPO and one diffu-GRPO optimiser step (SGD, lr 1) on 4 micro-batches, split
+    over `world` ranks (2 each on 2 ranks): policy_steps with the update's normaliser shared over ranks."""
     out = {}
-    for name, items, args in (("mdpo", fake_items(4), ARGS), ("diffu-grpo", grpo_items(4), GRPO_ARGS)):
+    for name, batches, cfg in (("mdpo", fake_batches(4), CFG), ("diffu-grpo", grpo_batches(4), GRPO_CFG)):
         torch.manual_seed(0)
         model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
-        model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-        n_tokens = sum(it["mask"].sum().item() for it in items) / world
-        mine = items[2 * rank: 2 * rank + 2] if world > 1 else items
-        out[name] = grads_after(model, mine, world, (0, n_tokens, 0), args)
-        del model
+        wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        mine = batches[2 * rank: 2 * rank + 2] if world > 1 else batches
+        n_tokens = updates.per_rank_share([sum(b.loss_mask.sum().item() for b in mine)], "cpu")[0]
+        loss_fn = (updates.mdpo_objective(cfg, 0, n_tokens, 0) if name == "mdpo"
+                   else updates.grpo_objective(cfg, n_tokens))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        updates.policy_steps(wrapped, None, optimizer, mine, loss_fn, cfg, 0.7, True)
+        out[name] = {k: v.detach().clone() for k, v in model.named_parameters()}
+        del wrapped
     return out
 
 
 def ddp_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.save(accumulated_grads(world, rank), os.path.join(out_dir, f"grads{rank}.pt"))
+    torch.save(weights_after_one_step(world, rank), os.path.join(out_dir, f"weights{rank}.pt"))
     train.distributed.cleanup_distributed()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
     """MDPO and diffu-GRPO alike: DDP over 2 ranks with 2 micro-steps each == 1 process with 4 micro-steps."""
     spawn_bounded(ddp_worker, (2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, timeout=90)
-    single = accumulated_grads(1, 0)
+    single = weights_after_one_step(1, 0)
+    torch.manual_seed(0)
+    init = dict(toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).named_parameters())
     for rank in range(2):
-        ddp = torch.load(tmp_path / f"grads{rank}.pt")
+        ddp = torch.load(tmp_path / f"weights{rank}.pt")
         for name in ("mdpo", "diffu-grpo"):
             assert single[name].keys() == ddp[name].keys()
             for k in single[name]:
                 torch.testing.assert_close(ddp[name][k], single[name][k], rtol=1e-5, atol=1e-7)
-            assert any(v.abs().sum() > 0 for v in single[name].values())
+            assert any(not torch.equal(v, init[k]) for k, v in single[name].items())
 
 
 def run_train(*argv, wait=True):
@@ -100,10 +104,11 @@ def logged_steps(out):
     return [json.loads(line)["step"] for line in lines if line.strip()]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_weights(tmp_path):
     common = ["--algo", "sft", "--task", "toy-arith", "--max-updates", 12, "--micro-batch", 8, "--n-train", 50,
               "--save-every", 2, "--eval-every", 6, "--n-eval", 8]
-    run_train(*common, "--out", tmp_path / "a", "--plot")
+    run_train(*common, "--out", tmp_path / "a")
     assert (tmp_path / "a" / "plot.png").stat().st_size > 0 and (tmp_path / "a" / "best" / "trainer_state.pt").exists()
     rows = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()[1:]]
     assert [r["step"] for r in rows if "eval_accuracy" in r] == [6, 12]
@@ -115,7 +120,7 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
     proc.wait()
     killed_at = logged_steps(tmp_path / "b")
     assert 4 <= len(killed_at) < 12, f"the run was not killed mid-way: {killed_at}"
-    saved = torch.load(tmp_path / "b" / "last" / "trainer_state.pt", weights_only=False)["step"]
+    saved = checkpoint.saved_step(tmp_path / "b" / "last")
     assert 2 <= saved < 12  # the resumed run starts from a checkpoint, not from scratch
     run_train(*common, "--out", tmp_path / "b", "--resume")
     assert logged_steps(tmp_path / "b") == list(range(1, 13))  # no step lost or repeated in the log
@@ -151,20 +156,15 @@ class PositionLogits(torch.nn.Module):
 def test_short_seeded_mdpo_run_raises_the_reward(tok):
     example = {"prompt": "nums 1 2 3 -> 6", "numbers": [1, 2, 3], "target": 6,
                "completion": "1+2 = 3\n3+3 = 6\n<answer>(1+2)+3</answer>"}
-    args = Namespace(algo="mdpo", task="toy-countdown", group_size=8, gen_length=40, block_lengths=[40, 10], steps=20,
-                     remasking="lcr", temperature=1.0, top_c=4, micro_batch=32, eps=0.2, beta=0.0, inner_steps=1,
-                     format_score=0.0, loss_norm="step", precision="fp32", fsdp=False)
+    cfg = config.Config(task="toy-countdown", group_size=8, gen_length=40, block_lengths=(40, 10), steps=20,
+                        temperature=1.0, top_c=4, micro_batch=32, beta=0.0)
     torch.manual_seed(0)
-    model = PositionLogits(tok, example, len(tok.encode(example["prompt"])), args.gen_length)
+    model = PositionLogits(tok, example, len(tok.encode(example["prompt"])), cfg.gen_length)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.5)
     gen, curve = torch.Generator().manual_seed(0), []
     for update in range(12):
-        stats = {}
-        items = train.mdpo_micro_batches(model, None, tok, [example] * 4, args, tok.mask_token_id, update, gen, stats)
-        norm = (sum(len(it["mask"]) for it in items), sum(it["mask"].sum().item() for it in items), 32)
-        train.backward_micro_batches(model, items, lambda it: train.rl_loss_fn(model, it, args, 0, norm), args, 1)
-        optimizer.step()
-        optimizer.zero_grad()
+        stats = updates.mdpo_update(model, None, optimizer, [example] * 4, cfg, tokenizer=tok,
+                                    mask_id=tok.mask_token_id, generator=gen, update=update)
         curve.append(stats["reward"])
     # binary reward: a rollout is right with probability 1/4 at the start
     assert curve[0] < 0.45 and sum(curve[-3:]) / 3 > 0.9, curve
@@ -179,6 +179,7 @@ def test_malformed_training_file_is_a_clear_error(tmp_path, tok):
                     "--out", str(tmp_path / "run"), "--beta", "0"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["sft"])
 def test_torchrun_fsdp_matches_ddp(tmp_path, algo):
     """Two gloo processes: FSDP2 (fully_shard) and DDP take the same updates."""
@@ -202,7 +203,7 @@ def test_prefilter_keeps_the_over_denoised_prompts_and_caches_them(tmp_path, mon
     step_rewards = {10: torch.tensor([[0., 1, 1, 0], [0, 0, 0, 1], [1, 0, 1, 0], [0, 0, 0, 0]]),  # rows 0, 2 over-denoised
                     40: torch.tensor([[0., 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])}  # row 1
     monkeypatch.setattr(evaluation, "sharded_accuracy", lambda m, t, ex, a, mid, rem, block, r, w: (0.0, step_rewards[block]))
-    args = Namespace(out=str(tmp_path), block_lengths=[10, 40])
+    args = config.Config(out=str(tmp_path), block_lengths=(10, 40))
     kept = evaluation.prefilter(None, tok, examples, args, 1, 0, 1)
     assert [ex["prompt"] for ex in kept] == ["0", "1", "2"]  # over-denoised under either block size
     monkeypatch.setattr(evaluation, "sharded_accuracy", None)  # a second call must read the cache
@@ -215,23 +216,23 @@ def test_prefilter_keeps_the_over_denoised_prompts_and_caches_them(tmp_path, mon
 
 
 def test_inner_steps_recompute_old_log_probs_so_the_first_ratio_is_one(tok):
-    """mu > 1: the old log-probs come from the training forward itself before the first inner step (issue: they
-    came from the rollout, whose forward differs), so nothing is clipped at the first step; a policy that moved
-    away from them is clipped."""
+    """mu > 1: the old log-probs come from the training forward itself before the first inner step (not from
+    the rollout, whose forward differs), so nothing is clipped at the first step; a policy that moved away
+    from them is clipped."""
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
-    it = fake_items(1)[0]
-    args = Namespace(**{**vars(ARGS), "inner_steps": 2})
-    n = it["mask"].sum().item()
-    train.fixed_log_probs(model, None, [it], args)
+    b = fake_batches(1)[0]
+    cfg = dataclasses.replace(CFG, inner_steps=2)
+    n = b.loss_mask.sum().item()
+    loss_fn = updates.mdpo_objective(cfg, 1, n, 1)
+    updates.fix_log_probs(model, None, [b], cfg, 0.7)
     with torch.no_grad():
-        logp = train.mdpo.token_logp(model(it["x"], attention_mask=it["attn"]).logits[:, it["P"]:], it["targets"], 0.7)
-    assert torch.equal(it["old_logp"][0], logp)  # the same forward: ratio exactly 1
-    _, _, clipped = train.rl_loss_fn(model, it, args, 0, (1, n, 1))
-    assert clipped == 0
-    it["old_logp"] = [logp - 0.5 * it["adv"].sign()]  # ratio e^0.5 = 1.65 > 1.2 where A > 0, 0.61 < 0.8 where A < 0
-    _, _, clipped = train.rl_loss_fn(model, it, args, 1, (1, n, 1))
-    assert clipped == n  # every masked token sits in the clipped branch
+        logp = mdpo.token_logp(model(b.inputs[0], attention_mask=b.attention_mask).logits[:, b.prompt_len:],
+                               b.targets, 0.7)
+    assert torch.equal(b.old_logp[0], logp)  # the same forward: ratio exactly 1
+    assert updates.batch_loss(model, b, 0, loss_fn, cfg, 0.7)[2] == 0  # nothing clipped
+    b.old_logp = [logp - 0.5 * b.adv.sign()]  # ratio e^0.5 = 1.65 > 1.2 where A > 0, 0.61 < 0.8 where A < 0
+    assert updates.batch_loss(model, b, 1, loss_fn, cfg, 0.7)[2] == n  # every masked token is clipped
 
 
 def test_prompt_order_draws_every_prompt_once_per_epoch():
@@ -246,8 +247,8 @@ def test_prompt_order_draws_every_prompt_once_per_epoch():
 
 
 def test_non_finite_loss_skips_the_update_and_logs_it(tmp_path, monkeypatch):
-    real = train.mdpo.masked_diffusion_loss
-    monkeypatch.setattr(train.mdpo, "masked_diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = mdpo.masked_diffusion_loss
+    monkeypatch.setattr(mdpo, "masked_diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     train.main(["--algo", "sft", "--task", "toy-arith", "--max-updates", "2", "--micro-batch", "4", "--n-train", "8",
                 "--n-eval", "4", "--out", str(tmp_path)])
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()[1:]]

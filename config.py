@@ -1,0 +1,272 @@
+"""train.py's settings: one frozen dataclass, two presets, the command line, and every check.
+
+`Config`'s defaults are the toy MDPO run (`python train.py`). A preset replaces some of them:
+  toy    the toy tasks on a CPU (the default for toy tasks)
+  paper  the paper's LLaDA-8B setting, App. A.3 and Section 3.1 (the default for the other tasks)
+and each algorithm has its own values inside a preset (`DEFAULTS`). A flag given on the command line
+always wins. `python train.py --help` lists every flag with the value each preset and algorithm gives it.
+"""
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import torch
+
+import mdpo
+import rewards
+import sample
+import tasks
+
+ALGOS = ("sft", "mdpo", "diffu-grpo")
+
+
+@dataclass(frozen=True)
+class Config:
+    # model
+    model: str = "toy"
+    trust_remote_code: bool = False
+    mask_id: int | None = None
+    # data
+    task: str = "toy-countdown"
+    train_file: str | None = None
+    eval_data: str | None = None
+    n_train: int = 5000
+    n_eval: int = 500
+    prefilter: str = "none"
+    format_score: float = 0.0
+    # algorithm and rollouts
+    preset: str = "toy"
+    algo: str = "mdpo"
+    gen_length: int = 40
+    block_lengths: tuple = (10, 40)
+    steps: int = 16
+    remasking: str = "lcr"
+    temperature: float = 0.7
+    # MDPO and diffu-GRPO
+    group_size: int = 8
+    prompts_per_update: int = 8
+    top_c: int = 8
+    loss_norm: str = "step"
+    eps: float = 0.2
+    beta: float = 0.01
+    inner_steps: int = 1
+    p_mask: float = 0.15
+    # optimisation
+    lr: float = 3e-5
+    max_updates: int = 96
+    lr_schedule: str = "constant"
+    micro_batch: int = 64
+    grad_clip: float = 1.0
+    fsdp: bool = False
+    precision: str = "fp32"
+    activation_checkpointing: bool = False
+    # logging and checkpoints
+    out: str = "out/run"
+    resume: bool = False
+    save_every: int = 25
+    eval_every: int = 0
+    eval_batch_size: int = 64
+    seed: int = 0
+
+
+# What each preset and algorithm changes in Config's defaults. diffu-GRPO's inner_steps also depends on
+# the task's kind (d1: 12 for math, 8 for countdown): `defaults` adds it.
+DEFAULTS = {
+    ("toy", "mdpo"): {},
+    ("toy", "diffu-grpo"): dict(eps=0.5, format_score=0.1, max_updates=12),
+    ("toy", "sft"): dict(lr=2e-3, max_updates=1500, lr_schedule="cosine", beta=0.0),
+    ("paper", "mdpo"): dict(gen_length=512, block_lengths=(128, 512), steps=128, temperature=0.4,
+                            prompts_per_update=16, beta=0.08, lr=7e-7, max_updates=100, eval_batch_size=8),
+    ("paper", "diffu-grpo"): dict(gen_length=512, block_lengths=(128, 512), steps=128, temperature=0.4,
+                                  prompts_per_update=16, eps=0.5, beta=0.04, format_score=0.1, lr=7e-7,
+                                  max_updates=100, eval_batch_size=8),
+    ("paper", "sft"): dict(gen_length=512, block_lengths=(128, 512), steps=128, lr=1e-5, max_updates=100,
+                           beta=0.0, eval_batch_size=8),
+}
+PRESETS = ("toy", "paper")
+
+
+def defaults(preset, algo, task):
+    """Config's default values for a preset, algorithm and task (before any flag)."""
+    values = {f.name: f.default for f in dataclasses.fields(Config)}
+    values.update(DEFAULTS[preset, algo], preset=preset, algo=algo, task=task)
+    if algo == "diffu-grpo":
+        values["inner_steps"] = 12 if rewards.TASK_KIND[task] == "math" else 8
+    return values
+
+
+HELP = {  # flag help; `parser` appends the default of every preset and algorithm
+    "model": "'toy' (an SFT-trained toy base, cached in <task>-base/ next to --out) or a model "
+             "directory / HF name (paper: GSAI-ML/LLaDA-8B-Instruct)",
+    "trust_remote_code": "allow the model's own code (needed for LLaDA)",
+    "mask_id": "[MASK] id if the tokenizer does not say (LLaDA: 126336)",
+    "task": "reward and held-out set: " + ", ".join(tasks.TASKS),
+    "train_file": "training prompts (.jsonl / .csv, formats in README), e.g. the paper's over-denoising "
+                  "subset ../shared/data/math_overdenoising_llada_epoch1.csv; toy tasks generate theirs",
+    "eval_data": "held-out set of --eval-every (toy tasks: the val split; else the task's file)",
+    "n_train": "toy training problems to generate",
+    "n_eval": "held-out problems of --eval-every (val) and of the toy's final table (test)",
+    "prefilter": "overdenoise: train only on prompts greedy decoding gets right at some step but wrong "
+                 "at the end (Section 3.3; paper: on)",
+    "format_score": "countdown reward of a well-formed wrong answer (paper: 0, binary; d1: 0.1)",
+    "preset": "toy or paper (default: toy for the toy tasks, paper for the others)",
+    "algo": "sft = Eq. 1 on reference completions; mdpo; diffu-grpo = d1's baseline (grpo.py)",
+    "gen_length": "tokens generated L",
+    "block_lengths": "block sizes of the rollouts, alternating over groups (Section 3.4's mixture)",
+    "steps": "denoising steps T of a rollout",
+    "remasking": "remasking of the rollouts: " + ", ".join(sample.REMASKING),
+    "temperature": "rollout temperature > 0 (LLaDA: 0.4, the authors' README command)",
+    "group_size": "G rollouts per prompt (paper 8)",
+    "prompts_per_update": "prompts per update over all ranks (paper 16)",
+    "top_c": "MDPO: c steps of largest non-zero |A| per rollout (App. A.3: 8)",
+    "loss_norm": "MDPO normaliser (mdpo.loss_denominators): step (authors' code), token, "
+                 "paper (Eq. 4 as written)",
+    "eps": "clip range of Eq. 5 (MDPO: 0.2; d1: 0.5)",
+    "beta": "KL weight (MDPO: 0.08, the authors' README 0.02; d1: 0.04)",
+    "inner_steps": "mu optimiser steps per batch of rollouts (MDPO 1; d1 12 math, 8 countdown)",
+    "p_mask": "diffu-GRPO: prompt masking rate of the one-step log-prob input (d1 0.15)",
+    "lr": "AdamW learning rate (paper 7e-7)",
+    "max_updates": "batches of rollouts (paper 100); SFT: optimiser steps",
+    "lr_schedule": "constant (paper) or cosine decay to 0 over --max-updates",
+    "micro_batch": "sequences per forward/backward; the rest is accumulated",
+    "grad_clip": "max gradient norm",
+    "fsdp": "shard model, gradients, optimiser and reference with FSDP2",
+    "precision": "compute dtype of rollouts, evaluation and forwards (bf16 on CUDA); master weights, "
+                 "gradient reduction and AdamW stay fp32",
+    "activation_checkpointing": "recompute each block in the backward",
+    "out": "output dir: config.json, log.jsonl, last/, best/, table.md, plot.png",
+    "resume": "continue OUT's run even if its settings differ from these",
+    "save_every": "write OUT/last every K updates (and at the end)",
+    "eval_every": "score the held-out set greedily every K updates, keep the best in OUT/best",
+    "eval_batch_size": "prompts per forward when evaluating",
+    "seed": "base seed (each rank adds its rank)",
+}
+CHOICES = {"task": tasks.TASKS, "prefilter": ("none", "overdenoise"), "preset": PRESETS, "algo": ALGOS,
+           "remasking": sample.REMASKING, "loss_norm": mdpo.LOSS_NORMS, "lr_schedule": ("constant", "cosine"),
+           "precision": ("bf16", "fp32")}
+MAY_CHANGE = {"resume", "save_every", "eval_every", "eval_batch_size"}  # between a run's sessions
+
+
+def default_text(name):
+    """'toy: 3e-05 (sft 0.002); paper: 7e-07 (sft 1e-05)': the default of flag `name` everywhere
+    (or 'default: 64' when every preset and algorithm agree)."""
+    parts = []
+    for preset in PRESETS:
+        task = "toy-countdown" if preset == "toy" else "math500"
+        base = defaults(preset, "mdpo", task)[name]
+        others = [f"{a} {show(defaults(preset, a, task)[name])}" for a in ALGOS
+                  if a != "mdpo" and defaults(preset, a, task)[name] != base]
+        if name == "inner_steps":
+            others = ["diffu-grpo 8 countdown, 12 math"]
+        parts.append((show(base), f" ({', '.join(others)})" if others else ""))
+    if len(set(parts)) == 1:
+        return f"default: {''.join(parts[0])}"
+    return "; ".join(f"{preset}: {''.join(part)}" for preset, part in zip(PRESETS, parts))
+
+
+def show(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def show_json(value):
+    """A value as read back from config.json (a list for block_lengths), written as its flag takes it."""
+    return show(tuple(value)) if isinstance(value, list) else str(value)
+
+
+def parser(description=None):
+    """The command line. Flags left out are not in the parsed namespace (argparse.SUPPRESS), so that
+    `from_args` can tell them from flags given with the default's value."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    for f in dataclasses.fields(Config):
+        flag, kind = "--" + f.name.replace("_", "-"), type(f.default)
+        plain = ("preset", "out", "resume", "task", "algo", "precision")
+        extra = "" if f.name in plain else f" [{default_text(f.name)}]"
+        text = HELP[f.name] + extra
+        if kind is bool:
+            p.add_argument(flag, action="store_true", help=text)
+        elif f.name == "block_lengths":
+            p.add_argument(flag, help=text)
+        else:
+            cast = {"mask_id": int, "train_file": str, "eval_data": str}.get(f.name, kind)
+            p.add_argument(flag, type=cast, choices=CHOICES.get(f.name), help=text)
+    return p
+
+
+def from_args(argv=None, description=None):
+    """Parse argv into a checked Config: defaults of the preset and algorithm, then the flags given."""
+    p = parser(description)
+    given = vars(p.parse_args(argv))
+    algo, task = given.get("algo", Config.algo), given.get("task", Config.task)
+    preset = given.get("preset", "toy" if task in tasks.TOY_TASKS else "paper")
+    if "block_lengths" in given:
+        text = given["block_lengths"]
+        if not all(b.strip().isdigit() and int(b) > 0 for b in text.split(",")):
+            p.error(f"--block-lengths {text}: must be a comma list of positive integers")
+        given["block_lengths"] = tuple(int(b) for b in text.split(","))
+    values = {**defaults(preset, algo, task), **given}
+    if "precision" not in given:
+        values["precision"] = "bf16" if torch.cuda.is_available() else "fp32"
+    cfg = Config(**values)
+    problem = check(cfg)
+    if problem:
+        p.error(problem)
+    return cfg
+
+
+AT_LEAST = dict(gen_length=1, steps=1, group_size=2, prompts_per_update=1, top_c=1, beta=0, inner_steps=1,
+                p_mask=0, max_updates=1, micro_batch=1, save_every=1, eval_every=0, eval_batch_size=1,
+                n_train=1, n_eval=1, format_score=0, mask_id=0)
+
+
+def check(cfg):
+    """The first problem with cfg as a one-line message naming the flag, or None."""
+    for key, low in AT_LEAST.items():
+        value = getattr(cfg, key)
+        if value is not None and value < low:
+            return f"--{key.replace('_', '-')} {value}: must be >= {low}"
+    positive = ("lr", "grad_clip") if cfg.algo == "sft" else ("eps", "lr", "grad_clip", "temperature")
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            why = (" (greedy rollouts of a group are all the same: every advantage would be 0)"
+                   if key == "temperature" else "")
+            return f"--{key.replace('_', '-')} {getattr(cfg, key)}: must be > 0{why}"
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    n_blocks = [cfg.gen_length // b for b in cfg.block_lengths]
+    toy_task = cfg.task in tasks.TOY_TASKS
+    checks = [
+        ("--block-lengths", show(cfg.block_lengths), all(cfg.gen_length % b == 0 for b in cfg.block_lengths),
+         f"sizes that divide --gen-length {cfg.gen_length}"),
+        ("--steps", cfg.steps, all(cfg.steps % n == 0 for n in n_blocks),
+         f"a multiple of every block count {n_blocks}"),
+        ("--prompts-per-update", cfg.prompts_per_update, cfg.algo == "sft" or cfg.prompts_per_update % world == 0,
+         f"a multiple of the {world} processes (each rank keeps whole groups)"),
+        ("--p-mask", cfg.p_mask, cfg.p_mask < 1, "< 1"),
+        ("--format-score", cfg.format_score, cfg.format_score < 1, "< 1"),
+        ("--model", cfg.model, cfg.model != "toy" or toy_task,
+         f"a model path or HF name: the toy model knows only the toy tasks, not --task {cfg.task}"),
+    ]
+    if not (toy_task or cfg.algo == "sft" or cfg.train_file):
+        return f"--train-file is needed: --task {cfg.task} generates no training prompts (toy tasks do)"
+    for flag, value, ok, allowed in checks:
+        if not ok:
+            return f"{flag} {value}: must be {allowed}"
+    return None
+
+
+def as_dict(cfg):
+    """cfg as plain JSON values (what log.jsonl and config.json hold)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def describe(cfg):
+    """The resolved settings, a few per line, as printed at the start of a run."""
+    items = [f"{k}={show(v)}" for k, v in dataclasses.asdict(cfg).items()]
+    lines, line = [], ""
+    for item in items:
+        if len(line) + len(item) > 96:
+            lines.append(line)
+            line = ""
+        line += ("  " if line else "") + item
+    return "\n".join(lines + [line])

@@ -1,0 +1,104 @@
+"""Loading a masked diffusion LM and talking to it: the model and tokenizer, the [MASK] id, prompts in,
+completions out. Used by sample.py, train.py and eval.py alike.
+
+    load_model("out/toy-countdown-base/last")                 # a toy checkpoint (toy.py)
+    load_model("GSAI-ML/LLaDA-8B-Instruct", trust_remote_code=True)
+"""
+import json
+from pathlib import Path
+
+import torch
+import transformers
+
+import toy
+
+
+def check_model_path(name_or_path, mask_id=None):
+    """Fail at once, naming the path, for a --model that cannot load.
+
+    A directory must hold config.json (else we name the checkpoints below it); a file is not a model;
+    --mask-id must lie inside the vocabulary. A name of one or two parts that is not a local path
+    ("GSAI-ML/LLaDA-8B-Instruct") is taken for a hub id and left to transformers.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        raise ValueError(f"--model {name_or_path}: is a file; give the directory that holds config.json")
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            below = sorted(str(c.parent) for c in [*path.glob("*/config.json"), *path.glob("*/*/config.json")])
+            hint = f"; checkpoints below it: {', '.join(below[:4])}" if below else ""
+            raise ValueError(f"--model {name_or_path}: not a model directory (no config.json){hint}")
+        vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
+        if mask_id is not None and vocab is not None and not 0 <= mask_id < vocab:
+            raise ValueError(f"--mask-id {mask_id}: outside the vocabulary of {name_or_path} (0..{vocab - 1})")
+        return
+    hub_id = len(path.parts) <= 2 and not name_or_path.startswith((".", "/", "~"))
+    if not hub_id or len(path.parts) == 2 and Path(path.parts[0]).is_dir():
+        raise ValueError(f"--model {name_or_path}: no such model directory")
+
+
+def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_code=False):
+    """(model, tokenizer), the model in eval mode: a toy checkpoint or any HF masked diffusion LM.
+
+    LLaDA-8B-Instruct ships its own modelling code: it loads only with trust_remote_code=True, and it
+    registers AutoModel only, so we fall back to AutoModel when AutoModelForMaskedLM does not know it.
+    """
+    check_model_path(str(name_or_path))
+    if (Path(name_or_path) / "toy_tokenizer.json").exists():
+        model = toy.ToyMDLM.from_pretrained(name_or_path, dtype=dtype)
+        return model.to(device).eval(), toy.ToyTokenizer.from_pretrained(name_or_path)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if not trust_remote_code and "trust_remote_code" in str(e):
+            raise ValueError(f"{name_or_path} ships its own model code: pass --trust-remote-code") from e
+        raise
+    masked_lm = type(config) in transformers.AutoModelForMaskedLM._model_mapping
+    auto = transformers.AutoModelForMaskedLM if masked_lm else transformers.AutoModel
+    model = auto.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model.to(device).eval(), tokenizer
+
+
+def logits(model, x, attention_mask=None):
+    """The model's logits (B, S, V) for the input x (B, S): what every training forward reads."""
+    return model(x, attention_mask=attention_mask).logits
+
+
+def resolve_mask_id(tokenizer, model, mask_id=None):
+    """The [MASK] id: the flag if given, else the tokenizer's, else the model config's."""
+    candidates = (mask_id, getattr(tokenizer, "mask_token_id", None), getattr(model.config, "mask_token_id", None))
+    for candidate in candidates:
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError("cannot tell the [MASK] token id of this model: pass --mask-id "
+                     "(LLaDA-8B-Instruct uses 126336)")
+
+
+def encode_prompts(tokenizer, texts, system=None):
+    """Token ids of a batch of prompts, left-padded -> (ids (B, P), attention_mask (B, P)).
+
+    A tokenizer with a chat template wraps each text as one user turn (after a system turn, if given).
+    """
+    rows = []
+    for text in texts:
+        if getattr(tokenizer, "chat_template", None):
+            system_turn = [{"role": "system", "content": system}] if system else []
+            messages = system_turn + [{"role": "user", "content": text}]
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        rows.append(tokenizer.encode(text, add_special_tokens=False))
+    P = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (P - len(r)) + r for r in rows])  # (B, P)
+    attention_mask = torch.tensor([[0] * (P - len(r)) + [1] * len(r) for r in rows])  # (B, P)
+    return ids, attention_mask
+
+
+def decode_until_eos(tokenizer, ids):
+    """Text of each row of generated ids (B, L), cut at the first EOS (for reading, not for rewards)."""
+    out = []
+    for row in ids.tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id)]
+        out.append(tokenizer.decode(row, skip_special_tokens=True))
+    return out
