@@ -27,6 +27,7 @@ class Config:
     model: str = "toy"
     trust_remote_code: bool = False
     mask_id: int | None = None
+    shifted_logits: bool = False
     # data
     task: str = "toy-countdown"
     train_file: str | None = None
@@ -42,6 +43,7 @@ class Config:
     block_lengths: tuple = (10, 40)
     steps: int = 16
     remasking: str = "lcr"
+    eoser: bool = False
     temperature: float = 0.7
     # MDPO and diffu-GRPO
     group_size: int = 8
@@ -101,6 +103,8 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
              "directory / HF name (paper: GSAI-ML/LLaDA-8B-Instruct)",
     "trust_remote_code": "allow the model's own code (needed for LLaDA)",
     "mask_id": "[MASK] id if the tokenizer does not say (LLaDA: 126336)",
+    "shifted_logits": "the model predicts token i from position i - 1 (Dream-style, adapted from an AR LM); "
+                      "read from the model's config when it says so",
     "task": "reward and held-out set: " + ", ".join(tasks.TASKS),
     "train_file": "training prompts (.jsonl / .csv, formats in README), e.g. the paper's over-denoising "
                   "subset ../shared/data/math_overdenoising_llada_epoch1.csv; toy tasks generate theirs",
@@ -116,6 +120,7 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "block_lengths": "block sizes of the rollouts, alternating over groups (Section 3.4's mixture)",
     "steps": "denoising steps T of a rollout",
     "remasking": "remasking of the rollouts: " + ", ".join(sample.REMASKING),
+    "eoser": "EOS Early Rejection in the rollouts (remask.py; gamma from the reference's 0.4 up to 1)",
     "temperature": "rollout temperature > 0 (LLaDA: 0.4, the authors' README command)",
     "group_size": "G rollouts per prompt (paper 8)",
     "prompts_per_update": "prompts per update over all ranks (paper 16)",

@@ -46,8 +46,9 @@ REMASKING_NAMES = {"lcr": "LCR (Eq. 9, LLaDA)", "rcr": "RCR, running max (Eq. 10
 
 # ----------------------------------------------------------------------------- generation and scoring
 def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, steps, remasking="lcr",
-             schedule="linear", temperature=0.0, top_p=1.0, batch_size=16, mask_id, system=None, format_score=0.0,
-             trajectory=False, progress=True, desc=None, generator=None, on_batch=None):
+             schedule="linear", temperature=0.0, top_p=1.0, eoser_gamma_min=None, batch_size=16, mask_id,
+             system=None, format_score=0.0, trajectory=False, progress=True, desc=None, generator=None,
+             on_batch=None):
     """Generate for every example and score it -> one row per example, in order:
     {"completion", "reward", "correct"} plus "step_rewards" (T floats, r(x_t) of every step) when
     trajectory=True. on_batch(start, rows), if given, sees each batch's rows as soon as they are scored.
@@ -62,6 +63,7 @@ def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, step
                                      block_length=block_length, steps=steps, remasking=remasking,
                                      schedule=None if schedule == "linear" else schedule,  # rcr-latest: its own linear
                                      temperature=temperature, top_p=top_p, mask_id=mask_id, record=trajectory,
+                                     eoser_gamma_min=eoser_gamma_min, eos_id=tokenizer.eos_token_id,
                                      generator=generator)
             x, traj = result if trajectory else (result, None)  # x (B, P + L)
             rows = []
@@ -121,7 +123,8 @@ def compare(checkpoints, examples, args, rank, world, device):
     accuracies = {}
     with tqdm(total=len(checkpoints) * len(cols), desc="test accuracy", disable=rank != 0) as bar:
         for name, path in checkpoints.items():
-            model, tok = models.load_model(str(path), device, torch.float32, args.trust_remote_code)
+            model, tok = models.load_model(str(path), device, torch.float32, args.trust_remote_code,
+                                           args.shifted_logits)
             mask_id = models.resolve_mask_id(tok, model, args.mask_id)
             accuracies[name] = []
             for r, b in cols:
@@ -197,8 +200,10 @@ def read_rows(out_dir):
 
 
 def row_name(s):
-    """Table 2's row: model / remasking (/ schedule when not linear)."""
-    return f'{s["name"]} / {s["remasking"]}' + (f' / {s["schedule"]}' if s.get("schedule", "linear") != "linear" else "")
+    """Table 2's row: model / remasking (/ schedule when not linear) (/ EOSER gamma_min when on)."""
+    schedule = f' / {s["schedule"]}' if s.get("schedule", "linear") != "linear" else ""
+    eoser = f' / EOSER {s["eoser"]:g}' if s.get("eoser") is not None else ""
+    return f'{s["name"]} / {s["remasking"]}{schedule}{eoser}'
 
 
 def label(s):
@@ -264,6 +269,10 @@ def parse_args(argv=None):
                    help="comma list of lcr, rcr (paper's running max), rcr-latest (authors' code), random")
     p.add_argument("--schedule", default="linear", help="comma list of Eq. 13 schedules (App. B.2): "
                    "linear cosine square cubic exp sqrt log (paper: linear; rcr-latest's linear is the authors' count)")
+    p.add_argument("--eoser", default="off", choices=["off", "on", "both"],
+                   help="EOS Early Rejection (remask.py): off, on, or both (every setting with and without)")
+    p.add_argument("--eoser-gamma-min", type=float, default=None,
+                   help="EOSER's first gamma (default: the reference's 0.4, or 0.01 with --schedule ass)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper's evaluation)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus (authors' evaluation: 0.95, also when "
                    "greedy; toy default 1.0 = off)")
@@ -275,6 +284,8 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output dir: samples.jsonl, table.md, ...; reruns resume")
     p.add_argument("--mask-id", type=int, default=None, help="[MASK] id if the tokenizer lacks it (LLaDA: 126336)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (needed for LLaDA)")
+    p.add_argument("--shifted-logits", action="store_true", help="the model predicts token i from position i - 1 "
+                   "(Dream-style); read from the model's config when it says so")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="toy problems and temperature > 0 sampling")
     p.add_argument("--trajectory-stats", action="store_true",
@@ -298,6 +309,8 @@ def parse_args(argv=None):
                             ("--temperature", args.temperature, args.temperature >= 0),
                             ("--top-p", args.top_p, 0 < args.top_p <= 1),
                             ("--format-score", args.format_score, 0 <= args.format_score < 1),
+                            ("--eoser-gamma-min", args.eoser_gamma_min,
+                             args.eoser_gamma_min is None or 0 <= args.eoser_gamma_min <= 1),
                             ("--mask-id", args.mask_id, args.mask_id is None or args.mask_id >= 0)]:
         if not ok:
             p.error(f"{flag} {value}: out of range")
@@ -325,6 +338,25 @@ def grid_defaults(task):
             "top_p": 1.0 if toy_task else 0.95}
 
 
+def grid(args):
+    """The decoding settings to score: remasking x schedule x block size x steps (x EOSER on/off).
+
+    Schedule "ass" decodes one block in floor(log2 L) steps (remask.ass_steps): it gets that one setting
+    per remasking whatever --block-length and --steps say. EOSER's gamma_min defaults to the reference's
+    value for the schedule (0.4, or 0.01 under ASS); the key is left out when EOSER is off."""
+    eosers = {"off": [False], "on": [True], "both": [False, True]}[args.eoser]
+    out = []
+    for m, sch, on in itertools.product(args.remasking, args.schedule, eosers):
+        shapes = ([(args.gen_length, remask.ass_steps(args.gen_length))] if sch == "ass"
+                  else list(itertools.product(args.block_length, args.steps)))
+        for b, t in shapes:
+            s = {"block_length": b, "steps": t, "remasking": m, "schedule": sch}
+            if on:
+                s["eoser"] = sample.eoser_gamma_min(True, args.eoser_gamma_min, sch)
+            out.append(s)
+    return out
+
+
 def run_setting(args, model, tokenizer, mask_id, examples, settings, done, file, rank, world):
     """Score this rank's shard of the examples not yet in `done` under one setting, appending to `file`."""
     key = json.dumps(settings, sort_keys=True)
@@ -343,6 +375,7 @@ def run_setting(args, model, tokenizer, mask_id, examples, settings, done, file,
     evaluate(model, tokenizer, [examples[i] for i in todo], args.task, gen_length=args.gen_length,
              block_length=settings["block_length"], steps=settings["steps"], remasking=settings["remasking"],
              schedule=settings["schedule"], temperature=args.temperature, top_p=args.top_p,
+             eoser_gamma_min=settings.get("eoser"),
              batch_size=args.batch_size, mask_id=mask_id, system=args.system_prompt, format_score=args.format_score,
              trajectory=args.trajectory, progress=rank == 0, desc=label(settings), generator=gen, on_batch=write)
 
@@ -400,15 +433,14 @@ def main(argv=None):
     args.device = str(device)
     try:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model, tokenizer = models.load_model(args.model, device, dtype, args.trust_remote_code)
+        model, tokenizer = models.load_model(args.model, device, dtype, args.trust_remote_code, args.shifted_logits)
         mask_id = models.resolve_mask_id(tokenizer, model, args.mask_id)
         done = read_rows(out)
         data = args.data or (f"{args.split} seed={args.seed}" if args.task in tasks.TOY_TASKS else "default")
-        all_settings = [{"task": args.task, "data": data, "model": args.model, "name": args.name,
-                         "gen_length": args.gen_length, "block_length": b, "steps": t, "remasking": m,
-                         "schedule": sch, "temperature": args.temperature, "top_p": args.top_p,
-                         "system_prompt": args.system_prompt, "format_score": args.format_score, "seed": args.seed}
-                        for m in args.remasking for sch in args.schedule for b in args.block_length for t in args.steps]
+        common = {"task": args.task, "data": data, "model": args.model, "name": args.name,
+                  "gen_length": args.gen_length, "temperature": args.temperature, "top_p": args.top_p,
+                  "system_prompt": args.system_prompt, "format_score": args.format_score, "seed": args.seed}
+        all_settings = [{**common, **s} for s in grid(args)]
         path = out / ("samples.jsonl" if world == 1 else f"samples.rank{rank}.jsonl")
         failures_before = rewards.calls["timeout"] + rewards.calls["crash"]
         with open(path, "a", encoding="utf-8") as f:

@@ -37,16 +37,28 @@ def check_model_path(name_or_path, mask_id=None):
         raise ValueError(f"--model {name_or_path}: no such model directory")
 
 
-def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_code=False):
+def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_code=False, shifted_logits=None):
     """(model, tokenizer), the model in eval mode: a toy checkpoint or any HF masked diffusion LM.
 
-    LLaDA-8B-Instruct ships its own modelling code: it loads only with trust_remote_code=True, and it
-    registers AutoModel only, so we fall back to AutoModel when AutoModelForMaskedLM does not know it.
+    An encoder with a masked-LM head (ModernBERT chat models, BERT) loads through AutoModelForMaskedLM.
+    LLaDA-8B-Instruct and Dream ship their own modelling code: they load only with trust_remote_code=True,
+    and register AutoModel only, so we fall back to AutoModel when AutoModelForMaskedLM does not know them.
+    shifted_logits: True for a model that predicts token i from position i - 1 (`uses_shifted_logits`);
+    it is written into the model's config, so a checkpoint saved from it remembers it.
     """
     check_model_path(str(name_or_path))
     if (Path(name_or_path) / "toy_tokenizer.json").exists():
         model = toy.ToyMDLM.from_pretrained(name_or_path, dtype=dtype)
-        return model.to(device).eval(), toy.ToyTokenizer.from_pretrained(name_or_path)
+        tokenizer = toy.ToyTokenizer.from_pretrained(name_or_path)
+    else:
+        model, tokenizer = load_hf_model(name_or_path, dtype, trust_remote_code)
+    if shifted_logits:
+        model.config.shifted_logits = True
+    return model.to(device).eval(), tokenizer
+
+
+def load_hf_model(name_or_path, dtype, trust_remote_code):
+    """(model, tokenizer) of a transformers checkpoint (a local directory or a hub name)."""
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -56,13 +68,29 @@ def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_cod
         raise
     masked_lm = type(config) in transformers.AutoModelForMaskedLM._model_mapping
     auto = transformers.AutoModelForMaskedLM if masked_lm else transformers.AutoModel
-    model = auto.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
-    return model.to(device).eval(), tokenizer
+    return auto.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer
+
+
+SHIFTED_MODEL_TYPES = ("Dream",)  # model_type of checkpoints trained with shifted logits
+
+
+def uses_shifted_logits(model):
+    """True for a model adapted from an autoregressive LM that kept its next-token head (Dream-7B): the
+    logits at position i - 1 predict token i. The model's config says so (`shifted_logits`, set by
+    load_model's flag, or a model_type in SHIFTED_MODEL_TYPES)."""
+    config = model.config
+    flag = getattr(config, "shifted_logits", None)
+    return bool(flag) if flag is not None else getattr(config, "model_type", "") in SHIFTED_MODEL_TYPES
 
 
 def logits(model, x, attention_mask=None):
-    """The model's logits (B, S, V) for the input x (B, S): what every training forward reads."""
-    return model(x, attention_mask=attention_mask).logits
+    """The model's logits (B, S, V) for the input x (B, S), position i predicting token i: what the
+    sampler, every RL log-prob and the SFT loss read. A model with shifted logits has its logits moved
+    one position right here (position 0 keeps its own, as Dream does)."""
+    out = model(x, attention_mask=attention_mask).logits  # (B, S, V)
+    if uses_shifted_logits(model):
+        out = torch.cat([out[:, :1], out[:, :-1]], 1)  # (B, S, V) position i <- logits of i - 1
+    return out
 
 
 def resolve_mask_id(tokenizer, model, mask_id=None):

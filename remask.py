@@ -6,6 +6,9 @@ Paper -> code
   Eq. 8  (random remasking, RR)     -> `random_scores`
   Eq. 9  (low-confidence, LCR)      -> `low_confidence_scores`
   Eq. 10 (running confidence, RCR)  -> `running_confidence_scores` (+ `update_running_max`)
+  EOSER (EOS Early Rejection)       -> `eoser_gamma`, `eos_early_rejection`
+  ASS (Ascending Step-Size)         -> `ascending_step_sizes`, `ass_steps`
+  (EOSER and ASS: Yang et al. 2025, arXiv 2509.23924; code: yjyddq/EOSER-ASS-RL)
 
 Time: the paper's t counts down from T (all masked) to 0 (all revealed). In code a rollout has steps
 s = 0..T-1 in rollout order (noisy -> clean); step s is the paper's step t = T - s and produces x_{t-1}.
@@ -27,7 +30,7 @@ SCHEDULES = {  # Eq. 13 as a function of r = t / T in [0, 1]; each gives 1 at r 
     "sqrt": lambda r: 1 - math.sqrt(r),
     "log": lambda r: 1 - math.log(1 + r) / math.log(2),
 }
-COUNTS = tuple(SCHEDULES) + ("linear-official",)  # what tokens_per_step accepts
+COUNTS = tuple(SCHEDULES) + ("linear-official", "ass")  # what tokens_per_step accepts
 
 
 def phi(name, t, T):
@@ -61,6 +64,7 @@ def tokens_per_step(L, T, schedule="linear"):
 
     linear: LLaDA's rule, L // T per step with the remainder L % T given one each to the first steps.
     linear-official: the official MDPO code's rule, `official_linear_counts`.
+    ass: Ascending Step-Size decoding, `ascending_step_sizes`.
     others: differences of the cumulative revealed counts floor(phi(t, T) * L); the last step reveals the rest.
     """
     if T < 1 or L < 0:
@@ -71,10 +75,57 @@ def tokens_per_step(L, T, schedule="linear"):
         return counts
     if schedule == "linear-official":
         return official_linear_counts(L, T)
+    if schedule == "ass":
+        return ascending_step_sizes(L, T)
     revealed = [math.floor(phi(schedule, T - s - 1, T) * L) for s in range(T)]  # after step s
     revealed[-1] = L
     revealed = torch.tensor(revealed).cummax(0).values.clamp(max=L)  # (T,) monotone despite float rounding
     return torch.diff(revealed, prepend=torch.zeros(1, dtype=torch.long))  # (T,)
+
+
+def ascending_step_sizes(L, T):
+    """ASS (Ascending Step-Size; EOSER-ASS-RL eval/generate.py, get_num_transfer_tokens_ass): step s reveals
+    2^s tokens and the last step the rest, few while the model is unsure, many once the canvas has structure.
+
+    The reference runs T = floor(log2 L) steps (sample.py checks it): L = 256 -> 1, 2, 4, ..., 64, 129. We
+    also cap a step at what is left, so fewer free tokens (hints placed in the canvas) still sum to L.
+    Returns (T,) long, sum L. (The reference's docstrings say 2^s - 1 per block "+ last eos token"; its code
+    does what we do.)"""
+    counts, left = [], L
+    for s in range(T - 1):
+        counts.append(min(2 ** s, left))
+        left -= counts[-1]
+    return torch.tensor(counts + [left])  # (T,)
+
+
+def ass_steps(L):
+    """The number of steps ASS takes for L tokens: floor(log2 L) (the reference asserts it)."""
+    return max(L.bit_length() - 1, 1)
+
+
+def eoser_gamma(s, T, gamma_min, ramp="linear"):
+    """EOS Early Rejection's factor gamma_s at step s of T (EOSER-ASS-RL eval/generate.py, `sampling` and
+    `ass_sampling`): the confidence of a position whose predicted token is EOS is multiplied by gamma_s.
+
+    linear: gamma_min -> 1 evenly over the steps, gamma_min + (1 - gamma_min) s / (T - 1) (T = 128,
+    gamma_min = 0.01: 0.01, 0.26, 0.51, 0.76, 1.0 at s = 0, 32, 64, 96, 127). ass: it follows the share
+    of the canvas decoded once step s is done, gamma_min + (1 - gamma_min) (2^{s+1} - 1) / 2^T (T = 8:
+    0.014, 0.022, ..., 0.501, 0.996). s counts over the whole generation, also in semi-AR decoding."""
+    if ramp == "ass":
+        share = (2 ** (s + 1) - 1) / 2 ** T
+    else:
+        share = s / (T - 1) if T > 1 else 1.0
+    return gamma_min + (1 - gamma_min) * share
+
+
+EOSER_GAMMA_MIN = {"linear": 0.4, "ass": 0.01}  # the reference's defaults: uniform steps, and under ASS
+
+
+def eos_early_rejection(conf, x_pred, eos_id, gamma):
+    """EOSER: the ranking confidence (B, L) of positions predicting EOS times gamma; the tokens and the logits
+    are unchanged. A low gamma ranks an early EOS below the other candidates, so it stays masked and is
+    predicted again later instead of filling the canvas with EOS from the right. Returns (B, L)."""
+    return torch.where(x_pred == eos_id, gamma * conf, conf)
 
 
 def random_scores(conf, generator=None):
@@ -113,12 +164,10 @@ def remask(x_bar, x_pred, m, candidates, n_mask, mask_id):
     get [MASK], the other candidates take x_pred, and non-candidates keep x_bar.
 
     x_bar (B, L) state fed to the model; x_pred (B, L) its full prediction; m (B, L) masking scores;
-    candidates (B, L) bool, at least n_mask per row; n_mask int. Returns x_bar_{t-1} (B, L).
+    candidates (B, L) bool, at least n_mask per row; n_mask int, or (B,) long when rows differ.
+    Returns x_bar_{t-1} (B, L).
     """
-    mask_score = torch.where(candidates, m, -math.inf)  # (B, L)
-    masked_back = torch.zeros_like(candidates)  # (B, L)
-    if n_mask > 0:
-        masked_back.scatter_(1, torch.topk(mask_score, n_mask, dim=1).indices, True)
+    masked_back = top_n(torch.where(candidates, m, -math.inf), n_mask)  # (B, L)
     out = torch.where(candidates, x_pred, x_bar)  # (B, L)
     return out.masked_fill(masked_back, mask_id)
 
@@ -128,11 +177,23 @@ def unmask(x_bar, x_pred, m, candidates, n_keep, mask_id):
     lowest masking score m take x_pred, the other candidates get [MASK], and non-candidates keep x_bar.
 
     The same as remask(..., n_mask = candidates per row - n_keep) except when scores tie at the boundary.
-    x_bar, x_pred, m, candidates (B, L) as in `remask`, at least n_keep candidates per row. Returns (B, L).
+    x_bar, x_pred, m, candidates (B, L) as in `remask`, at least n_keep candidates per row (n_keep an int or
+    (B,) long). Returns (B, L).
     """
-    keep_score = torch.where(candidates, -m, -math.inf)  # (B, L) the kept set is the top-n_keep of -m
-    keep = torch.zeros_like(candidates)  # (B, L)
-    if n_keep > 0:
-        keep.scatter_(1, torch.topk(keep_score, n_keep, dim=1).indices, True)
+    keep = top_n(torch.where(candidates, -m, -math.inf), n_keep)  # (B, L) the n_keep lowest m
     masked_back = torch.full_like(x_bar, mask_id)  # (B, L)
     return torch.where(keep, x_pred, torch.where(candidates, masked_back, x_bar))  # (B, L)
+
+
+def top_n(score, n):
+    """(B, L) bool, True at the n highest scores of each row, chosen by torch.topk as LLaDA does (so that
+    exact ties break the same way). n: an int, or a (B,) tensor when rows differ (then one row at a time,
+    LLaDA's own loop)."""
+    chosen = torch.zeros_like(score, dtype=torch.bool)  # (B, L)
+    if torch.is_tensor(n):
+        for b, n_b in enumerate(n.tolist()):
+            if n_b > 0:
+                chosen[b, torch.topk(score[b], n_b).indices] = True
+    elif n > 0:
+        chosen.scatter_(1, torch.topk(score, n, dim=1).indices, True)
+    return chosen

@@ -25,8 +25,9 @@ import transformers
 
 import models
 import toy
-from remask import (COUNTS, low_confidence_scores, random_scores, remask, running_confidence_scores,
-                    tokens_per_step, unmask, update_latest, update_running_max)
+from remask import (COUNTS, EOSER_GAMMA_MIN, ass_steps, eos_early_rejection, eoser_gamma, low_confidence_scores,
+                    random_scores, remask, running_confidence_scores, tokens_per_step, unmask, update_latest,
+                    update_running_max)
 
 REMASKING = ("lcr", "rcr", "rcr-latest", "random")
 CONFIDENCE = ("model", "sampling")
@@ -53,39 +54,49 @@ class Trajectory:
 @torch.no_grad()
 def generate(model, prompt_ids, *, attention_mask=None, gen_length=128, block_length=128, steps=64,
              remasking="lcr", schedule=None, temperature=0.0, top_p=1.0, confidence=None, cfg_scale=0.0,
-             mask_id, record=False, generator=None):
+             eoser_gamma_min=None, eos_id=None, canvas=None, mask_id, record=False, generator=None):
     """Denoise gen_length tokens after prompt_ids (B, P), left-padded when attention_mask (B, P) is given.
 
     remasking: "lcr" (Eq. 9, LLaDA), "rcr" (Eq. 10, running max), "rcr-latest" (the authors' RCR code),
-    "random" (Eq. 8). schedule: Eq. 13's token counts (remask.COUNTS); None = "linear-official" for
-    rcr-latest, else "linear" (LLaDA). temperature 0 is greedy; top_p < 1 samples from the nucleus.
-    confidence: "model" = softmax(logits) (LLaDA) or "sampling" = the probability under the tempered
-    nucleus it was drawn from (authors' code); None = "sampling" for rcr-latest, else "model".
-    cfg_scale > 0: classifier-free guidance. Returns x (B, P + L), and the Trajectory when record=True.
+    "random" (Eq. 8). schedule: how many tokens each step reveals (remask.COUNTS: Eq. 13's, "ass");
+    None = "linear-official" for rcr-latest, else "linear" (LLaDA). temperature 0 is greedy; top_p < 1
+    samples from the nucleus. confidence: "model" = softmax(logits) (LLaDA) or "sampling" = the
+    probability under the tempered nucleus it was drawn from (authors' code); None = "sampling" for
+    rcr-latest, else "model". cfg_scale > 0: classifier-free guidance. eoser_gamma_min: EOS Early
+    Rejection of the EOS token eos_id (None = off). canvas (B, L): the completion to start from, [MASK]
+    where free; its other tokens are fixed (IGPO's hints): never remasked, not counted in the schedule.
+    Returns x (B, P + L), and the Trajectory when record=True.
     """
     official = remasking == "rcr-latest"
     schedule = schedule or ("linear-official" if official else "linear")
     confidence = confidence or ("sampling" if official else "model")
-    check_settings(gen_length, block_length, steps, remasking, schedule, confidence, top_p)
+    check_settings(gen_length, block_length, steps, remasking, schedule, confidence, top_p, eoser_gamma_min,
+                   eos_id)
     B, P, L, dev = *prompt_ids.shape, gen_length, prompt_ids.device
-    x = torch.cat([prompt_ids, torch.full((B, L), mask_id, dtype=torch.long, device=dev)], 1)  # (B, P+L)
+    if canvas is None:
+        canvas = torch.full((B, L), mask_id, dtype=torch.long, device=dev)  # (B, L)
+    x = torch.cat([prompt_ids, canvas], 1)  # (B, P+L)
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, L)], 1)  # (B, P+L)
-    n_blocks = gen_length // block_length
-    k = tokens_per_step(block_length, steps // n_blocks, schedule).tolist()  # tokens revealed per step
+    n_blocks, T = gen_length // block_length, steps
     pos = torch.arange(P + L, device=dev)  # (P+L,)
-    generated = (pos >= P).expand(B, P + L)  # (B, P+L)
+    free = (pos >= P) & (x == mask_id)  # (B, P+L) the positions to generate
     running = torch.zeros(B, P + L, device=dev)  # (B, P+L) RCR's running confidence
     steps_taken = []
     for b in range(n_blocks):
-        in_reach = generated & (pos < P + (b + 1) * block_length)  # generated, up to this block's end
-        for i in range(len(k)):
-            masked = (x == mask_id) & generated  # (B, P+L)
+        in_reach = free & (pos < P + (b + 1) * block_length)  # free, up to this block's end
+        k = block_counts(in_reach & (pos >= P + b * block_length), T // n_blocks, schedule)  # per step
+        for i in range(T // n_blocks):
+            masked = (x == mask_id) & free  # (B, P+L)
             # 1. x_{t-1} ~ p_theta(. | x̄_t). MDPO's rewards read the whole prediction: record=True
             #    predicts every masked position, not only those up to the end of the block.
             need = masked if record else masked & in_reach
             x_pred, conf, logp = predict_masked(model, x, attention_mask, need, P, cfg_scale, temperature,
                                                 top_p, confidence, mask_id, generator)  # (B, P+L) each
+            if eoser_gamma_min is not None:  # EOSER: an early EOS ranks low and stays masked
+                ramp = "ass" if schedule == "ass" else "linear"
+                gamma = eoser_gamma(b * (T // n_blocks) + i, T, eoser_gamma_min, ramp)
+                conf = eos_early_rejection(conf, x_pred, eos_id, gamma)
             # 2. x̄_{t-1} = gamma(x_{t-1}, t): reveal k[i] more tokens of the block
             x_next, running = remask_step(remasking, x, x_pred, conf, running, masked, in_reach, k[i],
                                           sum(k[i + 1:]), mask_id, generator)
@@ -98,7 +109,19 @@ def generate(model, prompt_ids, *, attention_mask=None, gen_length=128, block_le
     return x, Trajectory(x_bar, x_pred, conf, logp, prompt_ids, attention_mask)
 
 
-def check_settings(gen_length, block_length, steps, remasking, schedule, confidence, top_p):
+def block_counts(block, n_steps, schedule):
+    """How many tokens each of the block's n_steps reveals: tokens_per_step of its free positions block
+    (B, S) bool. A list of ints when every row has as many free positions (the usual case), else a list of
+    (B,) tensors, one count per row (a canvas with hints), which remask.top_n takes row by row."""
+    n_free = block.sum(1)  # (B,)
+    if (n_free == n_free[0]).all():
+        return tokens_per_step(int(n_free[0]), n_steps, schedule).tolist()
+    rows = torch.stack([tokens_per_step(int(n), n_steps, schedule) for n in n_free.tolist()])  # (B, n_steps)
+    return list(rows.to(block.device).T)
+
+
+def check_settings(gen_length, block_length, steps, remasking, schedule, confidence, top_p,
+                   eoser_gamma_min=None, eos_id=None):
     """ValueError naming the setting that `generate` cannot run."""
     for name, value, allowed in (("remasking", remasking, REMASKING), ("schedule", schedule, COUNTS),
                                  ("confidence", confidence, CONFIDENCE)):
@@ -111,6 +134,14 @@ def check_settings(gen_length, block_length, steps, remasking, schedule, confide
     if steps < 1 or steps % (gen_length // block_length):
         raise ValueError(f"steps {steps} must be a multiple of the number of blocks "
                          f"{gen_length // block_length}")
+    if schedule == "ass" and block_length != gen_length:
+        raise ValueError("schedule ass decodes one block (block_length = gen_length): the reference's "
+                         "multi-block ASS, with blocks of unequal sizes, is not implemented here")
+    if schedule == "ass" and steps != ass_steps(gen_length):
+        raise ValueError(f"schedule ass takes floor(log2 {gen_length}) = {ass_steps(gen_length)} steps, "
+                         f"not {steps}")
+    if eoser_gamma_min is not None and (eos_id is None or not 0 <= eoser_gamma_min <= 1):
+        raise ValueError(f"EOSER needs the EOS id and a gamma_min in [0, 1], got {eos_id}, {eoser_gamma_min}")
 
 
 def remask_step(remasking, x, x_pred, conf, running, masked, in_reach, n_reveal, n_still_due, mask_id,
@@ -215,7 +246,7 @@ def row_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id):
         x, attention_mask, prompt_len, mask_id)
     head = split_output_layer(model)
     if head is None:
-        full = model(x_in, attention_mask=mask_in).logits.flatten(0, 1)  # (B*S or 2B*S, V)
+        full = models.logits(model, x_in, mask_in).flatten(0, 1)  # (B*S or 2B*S, V)
         V = full.shape[-1]
 
         def at(rows):
@@ -239,9 +270,10 @@ def split_output_layer(model):
     """The model's output layer (hidden -> V logits, a plain nn.Linear) when the model declares that its
     logits are exactly that layer applied to `model(..., hidden_only=True).hidden_states`, else None.
 
-    The toy model declares it (`hidden_before_output_layer`); an HF model does not, and runs in full.
+    The toy model declares it (`hidden_before_output_layer`); an HF model does not, and runs in full, as
+    does a model with shifted logits (models.logits moves them).
     """
-    if not getattr(model, "hidden_before_output_layer", False):
+    if not getattr(model, "hidden_before_output_layer", False) or models.uses_shifted_logits(model):
         return None
     head = model.get_output_embeddings()
     return head if isinstance(head, torch.nn.Linear) else None
@@ -314,6 +346,13 @@ def glyph(tokenizer, token, mask_id):
     return GLYPHS.get(text, "·" if token == tokenizer.eos_token_id else text)
 
 
+def eoser_gamma_min(on, gamma_min, schedule):
+    """EOSER's gamma_min from the flags: None when off, else the given one or the reference's default."""
+    if not on:
+        return None
+    return gamma_min if gamma_min is not None else EOSER_GAMMA_MIN["ass" if schedule == "ass" else "linear"]
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Generate with a masked diffusion LM (toy checkpoint or HF model).")
     p.add_argument("--model", required=True, help="toy checkpoint dir (python train.py writes "
@@ -334,8 +373,14 @@ def parse_args(argv):
                    help="what orders the remasking: model = softmax(logits) (LLaDA), sampling = probability under "
                         "the tempered top-p distribution (authors' code); default sampling for rcr-latest")
     p.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (LLaDA; 0 = off)")
+    p.add_argument("--eoser", action="store_true", help="EOS Early Rejection: scale the ranking confidence of "
+                   "predicted EOS tokens by gamma, from --eoser-gamma-min up to 1 over the steps")
+    p.add_argument("--eoser-gamma-min", type=float, default=None,
+                   help="EOSER's first gamma (default: the reference's 0.4, or 0.01 with --schedule ass)")
     p.add_argument("--mask-id", type=int, default=None, help="[MASK] id if the tokenizer does not say (LLaDA: 126336)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (needed for LLaDA)")
+    p.add_argument("--shifted-logits", action="store_true", help="the model predicts token i from position i - 1 "
+                   "(Dream-style, adapted from an AR LM); read from the model's config when it says so")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (temperature > 0)")
     p.add_argument("--show", action="store_true", help="print every denoising step, one character per token")
@@ -353,6 +398,12 @@ def parse_args(argv):
             ("--temperature", args.temperature, args.temperature >= 0, ">= 0"),
             ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]"),
             ("--cfg-scale", args.cfg_scale, args.cfg_scale >= 0, ">= 0"),
+            ("--eoser-gamma-min", args.eoser_gamma_min, args.eoser_gamma_min is None or 0 <= args.eoser_gamma_min <= 1,
+             "in [0, 1]"),
+            ("--steps", args.steps, args.schedule != "ass" or args.steps == ass_steps(args.gen_length),
+             f"floor(log2 --gen-length) = {ass_steps(args.gen_length)} with --schedule ass"),
+            ("--block-length", args.block_length, args.schedule != "ass" or args.block_length == args.gen_length,
+             f"--gen-length {args.gen_length} with --schedule ass (one block)"),
             ("--mask-id", args.mask_id, args.mask_id is None or args.mask_id >= 0, ">= 0")]:
         if not ok:
             p.error(f"{flag} {value}: must be {allowed}")
@@ -366,7 +417,8 @@ def main(argv=None):
     try:
         example = toy.example_from_prompt(args.task, args.prompt) if args.task else None
         models.check_model_path(args.model, args.mask_id)
-        model, tokenizer = models.load_model(args.model, args.device, dtype, args.trust_remote_code)
+        model, tokenizer = models.load_model(args.model, args.device, dtype, args.trust_remote_code,
+                                             args.shifted_logits)
         mask_id = models.resolve_mask_id(tokenizer, model, args.mask_id)
         ids, attn = models.encode_prompts(tokenizer, [args.prompt], args.system)
     except (ValueError, OSError) as e:
@@ -376,7 +428,8 @@ def main(argv=None):
                        block_length=args.block_length, steps=args.steps, remasking=args.remasking,
                        schedule=args.schedule, temperature=args.temperature, top_p=args.top_p,
                        confidence=args.confidence, cfg_scale=args.cfg_scale, mask_id=mask_id, record=True,
-                       generator=gen)
+                       generator=gen, eos_id=tokenizer.eos_token_id,
+                       eoser_gamma_min=eoser_gamma_min(args.eoser, args.eoser_gamma_min, args.schedule))
     if args.show:
         show(tokenizer, traj, mask_id)
     completion = x[:, ids.shape[1]:]

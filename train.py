@@ -170,7 +170,7 @@ def build(cfg, rank, world, device):
             toy.save_fresh(out / "init", cfg.seed)
         distributed.barrier()
     start = str(out / "init") if cfg.model == "toy" else cfg.model
-    policy, tok = models.load_model(start, device, torch.float32, cfg.trust_remote_code)
+    policy, tok = models.load_model(start, device, torch.float32, cfg.trust_remote_code, cfg.shifted_logits)
     mask_id = models.resolve_mask_id(tok, policy, cfg.mask_id)
     if cfg.activation_checkpointing:
         distributed.checkpoint_blocks(policy)
@@ -181,7 +181,7 @@ def build(cfg, rank, world, device):
         wrapped = DDP(policy) if world > 1 else policy
     reference = None
     if cfg.algo != "sft" and cfg.beta > 0:
-        reference = models.load_model(start, device, torch.float32, cfg.trust_remote_code)[0]
+        reference = models.load_model(start, device, torch.float32, cfg.trust_remote_code, cfg.shifted_logits)[0]
         reference.requires_grad_(False)
         if cfg.fsdp:
             reference = distributed.shard(reference, cfg.precision, reshard_root=True)

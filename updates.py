@@ -169,7 +169,9 @@ def sample_group(policy, tokenizer, examples, cfg, mask_id, generator, update, r
         with distributed.autocast(cfg.precision, device):
             out = sample.generate(model, ids[rows], attention_mask=attn[rows], gen_length=L, block_length=block,
                                   steps=cfg.steps, remasking=cfg.remasking, temperature=cfg.temperature,
-                                  confidence="sampling", mask_id=mask_id, record=record, generator=generator)
+                                  confidence="sampling", mask_id=mask_id, record=record, generator=generator,
+                                  eoser_gamma_min=sample.eoser_gamma_min(cfg.eoser, None, "linear"),
+                                  eos_id=tokenizer.eos_token_id)
         if record:
             x[rows], (x_bar[:, rows], x_pred[:, rows]) = out[0], (out[1].x_bar, out[1].x_pred)
         else:
