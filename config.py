@@ -72,19 +72,20 @@ class Config:
     seed: int = 0
 
 
+# The paper's setting (App. A.3, Section 3.1). Activation checkpointing is on: LLaDA's attention can take
+# the math (unfused) path with padded prompts, and without checkpointing its (b, heads, S, S) scores put the
+# train phase near 80 GB per GPU at prompts of ~550 tokens (tools/memory.py).
+PAPER = dict(gen_length=512, block_lengths=(128, 512), steps=128, temperature=0.4, prompts_per_update=16,
+             lr=7e-7, max_updates=100, eval_batch_size=8, activation_checkpointing=True)
 # What each preset and algorithm changes in Config's defaults. diffu-GRPO's inner_steps also depends on
 # the task's kind (d1: 12 for math, 8 for countdown): `defaults` adds it.
 DEFAULTS = {
     ("toy", "mdpo"): {},
     ("toy", "diffu-grpo"): dict(eps=0.5, format_score=0.1, max_updates=12),
     ("toy", "sft"): dict(lr=2e-3, max_updates=1500, lr_schedule="cosine", beta=0.0),
-    ("paper", "mdpo"): dict(gen_length=512, block_lengths=(128, 512), steps=128, temperature=0.4,
-                            prompts_per_update=16, beta=0.08, lr=7e-7, max_updates=100, eval_batch_size=8),
-    ("paper", "diffu-grpo"): dict(gen_length=512, block_lengths=(128, 512), steps=128, temperature=0.4,
-                                  prompts_per_update=16, eps=0.5, beta=0.04, format_score=0.1, lr=7e-7,
-                                  max_updates=100, eval_batch_size=8),
-    ("paper", "sft"): dict(gen_length=512, block_lengths=(128, 512), steps=128, lr=1e-5, max_updates=100,
-                           beta=0.0, eval_batch_size=8),
+    ("paper", "mdpo"): dict(PAPER, beta=0.08),
+    ("paper", "diffu-grpo"): dict(PAPER, eps=0.5, beta=0.04, format_score=0.1),
+    ("paper", "sft"): dict(PAPER, lr=1e-5, beta=0.0),
 }
 PRESETS = ("toy", "paper")
 

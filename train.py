@@ -7,7 +7,7 @@ Runbook
   diffu-GRPO baseline (d1):  python train.py --algo diffu-grpo --out out/grpo
   two CPU processes (gloo):  torchrun --nproc_per_node 2 train.py --out out/ddp
   one node, 8 GPUs (nccl):   torchrun --nproc_per_node 8 train.py --model GSAI-ML/LLaDA-8B-Instruct \
-                                 --trust-remote-code --task math --fsdp --activation-checkpointing \
+                                 --trust-remote-code --task math500 --fsdp --micro-batch 4 \
                                  --train-file ../shared/data/math_overdenoising_llada_epoch1.csv --out out/llada
   several nodes:             torchrun --nnodes N --node_rank R --master_addr HOST --nproc_per_node 8 train.py ...
 

@@ -60,6 +60,7 @@ def test_algorithm_defaults():
     paper = config.from_args(["--task", "math500", "--model", "m", "--train-file", "f"])
     assert (paper.beta, paper.lr, paper.steps, paper.gen_length, paper.inner_steps) == (0.08, 7e-7, 128, 512, 1)
     assert paper.preset == "paper" and got["mdpo", "toy-arith"].preset == "toy"
+    assert paper.activation_checkpointing and not got["mdpo", "toy-arith"].activation_checkpointing
     # an explicit flag wins over the preset, also when it repeats the dataclass default
     assert config.from_args(["--task", "math500", "--model", "m", "--train-file", "f", "--lr", "3e-05"]).lr == 3e-5
     small = config.from_args(["--preset", "toy", "--task", "math500", "--model", "m", "--train-file", "f"])

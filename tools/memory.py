@@ -1,47 +1,44 @@
-"""GPU memory of train.py, modelled item by item (issue 13), and the model checked on CPU.
+"""GPU memory of train.py per GPU, modelled tensor by tensor, and the model checked on CPU.
 
-    python memory.py                 the README's 8 x H100 MDPO command (LLaDA-8B-Instruct), DDP and FSDP2 columns
-    python memory.py --validate      2 gloo ranks run train.py's FSDP2 code on a 29M-parameter toy: measured against
-                                     modelled bytes (~4 min on 2 cores)
+    python tools/memory.py              the paper command on 8 x H100, LLaDA-8B-Instruct: both attention
+                                        kernels, prompts of 320 and 550 tokens (-> results/memory.md)
+    python tools/memory.py --validate   2 gloo ranks run train.py's FSDP2 code on a 29M-parameter toy:
+                                        measured peaks against the model (~4 min on 2 cores)
 
-Items, bytes per GPU (N parameters, W ranks sharing them (1 under DDP), c bytes of the compute dtype, g of a gathered
-parameter, b micro-batch rows, S = prompt + L generated tokens, V vocabulary, B rows per sampler forward):
-  params, grads, adam  fp32 weights and gradients 4N/W each, AdamW m and v 8N/W (DDP: 4N more in gradient buckets)
-  ref                  the frozen reference, fp32, sharded like the policy, 4N/W; its root unit (embeddings, head) is
-                       resharded after each of its forwards (distributed.shard reshard_root), so none stays gathered
-  root, blocks         the policy's root unit, gathered from its first forward to its backward; 2 blocks: the one
-                       computing and the next one's all-gather (forward) or prefetch (backward)
-  activations          `block_saved` x layers x b S (checkpointing: each block's input + one block's saved tensors)
-  logits               `logits_bytes`: max(c b S V + 8 b L V, 12 b L V), the training forward's log-softmax head
-  rollout/eval step    c B S V of a forward's logits + sampler_bytes x B L V held by sample.predict
-  load                 train.build loads the policy in full, shards it, then loads the reference: 4N + 4N/W (DDP 8N)
-Each phase (build, rollout, train, optimizer, evaluation, checkpoint) sums what it holds (`peak_bytes`); the peak is the
-largest phase, not the sum of all items. Assumptions (each a flag):
-1. Attention "flash" saves q, k, v, out and the log-sum-exp; "math" materialises fp32 probabilities (b, heads, S, S).
-   LLaDA takes the math path on CUDA when a micro-batch has a padded row (flash takes no mask, and LLaDA's code turns
-   the memory-efficient kernel off); the peak is the worst micro-batch: with prompts of unequal length, use math.
-2. Sampler: 8 bytes per (B, L, V) element (sample.generate's predict_ on fresh float32 logits: the working copy and
-   q = softmax); sample.predict on someone else's logits holds 12 (SAMPLER_BYTES_NOW: it copies them first).
-3. CUDA context and NCCL buffers: 1 GiB outside torch's allocator; allocator fragmentation is not modelled.
-4. LLADA_8B: 32 layers, d 4096, 32 heads, SwiGLU hidden 12288, vocabulary 126464, untied head, no biases: the block
-   of modeling_llada.py (autonomousvision/mdpo mirror; the ML-GSAI/LLaDA mirror has no config), the sizes of the model
-   card's config.json as public copies quote it: 8,015,581,184 parameters (LLaDA paper: 8.02B, 6.98B non-embedding).
+Each phase of train.py (build, rollout, train, optimizer, evaluation, checkpoint) sums the tensors it
+holds (`peak_bytes`); the peak is the largest phase. Assumptions (each a field of `Run`):
+1. attention: "flash", a fused kernel, saves q, k, v, its output and the log-sum-exp. "math", torch's
+   math kernel, upcasts bf16 q, k, v to fp32 and saves them with the fp32 probabilities (b, heads, S, S)
+   of every layer. LLaDA's model turns torch's memory-efficient kernel off and flash takes no mask: a
+   micro-batch with a left-padded row (prompts of unequal length) takes the math path. Plan for math.
+2. prompt_len: the longest prompt of a micro-batch, 550 tokens (the paper's training CSV goes up to ~550);
+   S = prompt + 512 generated tokens.
+3. FSDP2 keeps 3 gathered blocks (the one computing, the next one's all-gather, one not yet freed) and
+   2 blocks' gradient reduce-scatters in flight (--validate's gloo ranks on CPU: 2 and 1).
+4. Allocator fragmentation: +10% of the peak's tensor bytes, its own line (5-15% is typical); CUDA context
+   and NCCL buffers: 1 GiB outside torch's allocator.
+5. Sampler: 8 bytes per (B, L, V) element (sample.generate's predict on fresh float32 logits).
+6. LLADA_8B: 32 layers, d 4096, 32 heads, SwiGLU hidden 12288, vocabulary 126464, untied head, no
+   biases: 8,015,581,184 parameters (modeling_llada.py; the model card's config.json).
 """
 import argparse
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
-from argparse import Namespace
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-from torch.distributed.tensor import DTensor
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: train.py, updates.py, ...
+
+import torch  # noqa: E402
+from torch.distributed.tensor import DTensor  # noqa: E402
 
 GiB, MiB = 2 ** 30, 2 ** 20
 SAMPLER_BYTES_NOW = 12  # sample.predict at temperature > 0: fp32 copy 4, softmax(logits) 4, q 4 (see tests)
+OUT = Path(__file__).resolve().parents[1] / "results" / "memory.md"
 
 
 @dataclass(frozen=True)
@@ -62,24 +59,28 @@ LLADA_8B = Shape("llada", vocab=126464, d=4096, layers=32, heads=32, f=12288)
 
 @dataclass(frozen=True)
 class Run:
-    """What train.py runs, per GPU; defaults: the README command on 8 x H100 (8 rows a sampler forward: --help)."""
+    """What train.py runs, per GPU. Defaults: the README's MDPO command on 8 x H100 (--preset paper, whose
+    activation checkpointing is on; --fsdp --micro-batch 4; 8 rows a sampler forward: --help)."""
     world: int = 8
     fsdp: bool = True
     precision: str = "bf16"
     micro_batch: int = 4
-    prompt_len: int = 320
+    prompt_len: int = 550
     gen_length: int = 512
     steps: int = 128
-    checkpointing: bool = False
+    checkpointing: bool = True
     rollout_batch: int = 8
     rollouts_per_rank: int = 16
     eval_batch: int = 8
     reference: bool = True
-    attention: str = "flash"
+    attention: str = "math"
+    gathered_blocks: int = 3
+    reduces_in_flight: int = 2
+    fragmentation: float = 0.10
     sampler_bytes: int = 8
     device: str = "cuda"
-    unsharded_grads: bool = False  # the old FSDP accumulation: full-size gradients kept until the last micro-batch
-    fp32_gather: bool = False      # the old FSDP policy: units gathered in fp32, autocast casts every weight to bf16
+    unsharded_grads: bool = False  # the old FSDP accumulation: full-size gradients kept to the last micro-batch
+    fp32_gather: bool = False      # the old FSDP policy: units gathered in fp32, autocast casts every weight
 
 
 def toy_shape(c):  # the Shape of a toy.ToyConfig
@@ -89,7 +90,7 @@ def toy_shape(c):  # the Shape of a toy.ToyConfig
 def block_params(s):
     """Parameters of one transformer block, one FSDP unit."""
     if s.kind == "llada":
-        return 4 * s.d * s.d + 3 * s.d * s.f + 2 * s.d  # q, k, v, attn_out; ff_proj, up_proj, ff_out; 2 RMSNorms
+        return 4 * s.d * s.d + 3 * s.d * s.f + 2 * s.d  # q, k, v, attn_out; ff_proj, up_proj, ff_out; 2 norms
     return 4 * s.d * s.d + 2 * s.d * s.f + 9 * s.d + s.f  # qkv, proj, fc1, fc2 with biases; 2 LayerNorms
 
 
@@ -115,12 +116,21 @@ def cast_params(s):
     return s.layers * (4 * s.d * s.d + 2 * s.d * s.f + 5 * s.d + s.f) + s.vocab * s.d + s.vocab
 
 
+def attention_saved(s, c, attention, S):
+    """Bytes per token the attention kernel saves for its backward: [(what, bytes)]. flash: q, k, v in the
+    compute dtype and the fp32 log-sum-exp of each head (its output is the output projection's input,
+    counted in `block_saved`). math (torch's _scaled_dot_product_attention_math): q, k, v upcast to fp32
+    and the fp32 probabilities, a row of S per head (tests/test_memory.py reads both off autograd)."""
+    if attention == "flash":
+        return [("q, k, v", 3 * c * s.d), ("attention log-sum-exp, fp32", 4 * s.heads)]
+    return [("q, k, v upcast to fp32 (math)", 12 * s.d),
+            ("attention probabilities (b, heads, S, S), fp32 (math)", 4 * s.heads * S)]
+
+
 def block_saved(s, c, attention="flash", S=0):
     """Bytes one block saves for its backward, per token: [(what, bytes)]. c: bytes of the compute dtype.
     Read off autograd's saved tensors (tests/test_memory.py checks the toy's with saved_tensors_hooks)."""
-    d, f, h = s.d, s.f, s.heads
-    attn = ([("q, k, v", 3 * c * d), ("attention log-sum-exp, fp32", 4 * h)] if attention == "flash" else
-            [("q, k, v upcast to fp32 (math)", 12 * d), ("attention probabilities, fp32 (math)", 4 * h * S)])
+    d, f = s.d, s.f
     if s.kind == "toy":  # CPU autocast keeps layer_norm in bf16 (CUDA's runs it in fp32: not modelled)
         norms = [("ln1, ln2 inputs", 2 * c * d), ("ln1, ln2 mean and rstd", 4 * c), ("key mask (b, 1, 1, S)", c),
                  ("ln1, ln2 outputs (qkv, fc1 inputs)", 2 * c * d)]
@@ -128,7 +138,8 @@ def block_saved(s, c, attention="flash", S=0):
     else:  # RMSNorm: x in fp32 (kept by pow and mul), 1/rms, x normalised (c), x times weight (the Linears' input)
         norms = [("attn_norm, ff_norm: x fp32, 1/rms, normalised, output", 2 * (4 * d + 4 + 2 * c * d))]
         mlp = [("ff_proj out, SiLU out, up_proj out, product", 4 * c * f)]
-    return norms + attn + [("attention output (output projection input)", c * d)] + mlp
+    out = [("attention output (output projection input)", c * d)]
+    return norms + attention_saved(s, c, attention, S) + out + mlp
 
 
 def outside_saved(s, c):
@@ -147,6 +158,12 @@ def activations(s, run, b, S):
     return b * S * (held + outside_saved(s, c))
 
 
+def attention_backward(s, run, b, S):
+    """The math kernel's backward in one block: the gradients of the probabilities and of the scores,
+    (b, heads, S, S) fp32 each, alive together. A fused kernel keeps nothing of that size."""
+    return 2 * 4 * b * s.heads * S * S if run.attention == "math" else 0
+
+
 def logits_bytes(b, S, L, V, c):
     """The training forward's head (mdpo.token_logp): logits (b, S, V) in the compute dtype + their fp32 copy / T and
     its log-softmax (b, L, V); in the backward the saved log-softmax, its gradient and its input's gradient, fp32."""
@@ -161,7 +178,8 @@ def sampler_step(s, run, B):
 
 
 def peak_bytes(s, run=Run()):
-    """Bytes per GPU of train.py: {"items": {name: bytes}, "phases": {phase: bytes}, "peak": (phase, bytes)}."""
+    """Bytes per GPU of train.py: {"items": {name: bytes}, "phases": {phase: bytes}, "peak": (phase, bytes),
+    "fragmentation": the allowance on the peak's tensor bytes, "total": peak + fragmentation}."""
     N, Nb, Nr, W, fsdp = n_params(s), block_params(s), root_params(s), run.world if run.fsdp else 1, run.fsdp
     c = 2 if run.precision == "bf16" else 4
     g = 4 if run.fp32_gather or c == 4 else 2
@@ -175,63 +193,124 @@ def peak_bytes(s, run=Run()):
         adam=8 * N // W + 4 * n_tensors(s),
         ref=4 * N // W if run.reference else 0,
         root=g * Nr if fsdp else 0,
-        blocks=2 * g * Nb if fsdp else 0,
+        blocks=run.gathered_blocks * g * Nb if fsdp else 0,
         casts=2 * cast_params(s) if c == 2 and (run.fp32_gather or not fsdp) else 0,  # autocast keeps them to backward
         activations=activations(s, run, run.micro_batch, S),
+        attn_backward=attention_backward(s, run, run.micro_batch, S),
         logits=logits_bytes(run.micro_batch, S, L, V, c),
         head_grad=g * V * s.d if fsdp and not run.unsharded_grads else 0,  # waits for the root's reduce-scatter
-        unit_reduce=(g + 4) * Nb + 4 * Nb // W if fsdp else 0,  # a unit's gradients + fp32 reduce-scatter in, out
+        # a unit's gradients + the fp32 reduce-scatter's input and output, for each one in flight
+        unit_reduce=run.reduces_in_flight * ((g + 4) * Nb + 4 * Nb // W) if fsdp else 0,
         root_reduce=(g + 4) * Nr + 4 * Nr // W if fsdp else 0,  # the same for the root, at the end of the backward
         # AdamW: CUDA's foreach sqrt(v) of all shards at once; CPU's per-tensor sqrt(v) and quotient, largest tensor
         adam_temp=4 * N // W if run.device == "cuda" else 8 * V * s.d // W,
         nograd_block=run.rollout_batch * S * per_block,  # a block's tensors in a sampler forward (bound: its saved set)
         rollout_step=sampler_step(s, run, run.rollout_batch),
         # sample.generate's record: per step x (B, S) and x_pred, int64, conf and logp, fp32; then stacked;
-        # and train.rollouts' x_bar and x_pred (T, N, L), int64
+        # and updates.sample_group's x_bar and x_pred (T, N, L), int64
         trajectory=T * run.rollout_batch * (8 * S + 40 * L) + 16 * T * run.rollouts_per_rank * L,
         eval_step=sampler_step(s, run, run.eval_batch),
         # consolidated weights: on a GPU one full fp32 parameter at a time (then on rank 0's host), on a CPU all
         full_weights=4 * N if run.device == "cpu" else 4 * V * s.d,
         load=4 * N + (4 * N // W if fsdp else 4 * N) * run.reference,  # train.build: the policy sharded first
-        context=GiB if run.device == "cuda" else 0)  # assumption 3
+        context=GiB if run.device == "cuda" else 0)  # assumption 4
     persistent = i["params"] + i["buckets"] + i["adam"] + i["ref"] + i["context"]
-    sampler = persistent + i["casts"] + i["root"]  # then 2 blocks during the blocks, none during the head
-    # backward: at its start everything saved is held; at its end (the root's reduce-scatter) nothing is
-    backward = max(i["casts"] + i["activations"] + i["head_grad"] + max(i["logits"], i["unit_reduce"]),
-                   i["root_reduce"])
+    sampler = persistent + i["casts"] + i["root"]  # then the gathered blocks during the blocks, none during the head
+    # backward: at its start everything saved is held and the head's gradient flows (logits); then block by
+    # block, the attention's gradients beside the reduce-scatters in flight; at its end the root's reduce-scatter
+    backward = max(i["casts"] + i["activations"] + i["head_grad"]
+                   + max(i["logits"], i["unit_reduce"] + i["attn_backward"]), i["root_reduce"])
     phases = {"build": i["load"] + i["context"],
               "rollout": sampler + i["trajectory"] + max(i["blocks"] + i["nograd_block"], i["rollout_step"]),
               "train": persistent + i["grads"] + i["unsharded"] + i["root"] + i["blocks"] + backward,
               "optimizer": persistent + i["grads"] + i["adam_temp"],
               "evaluation": sampler + max(i["blocks"] + run.eval_batch * S * per_block, i["eval_step"]),
-              "checkpoint": persistent + i["full_weights"]}  # train.release resharded the root after evaluation
+              "checkpoint": persistent + i["full_weights"]}  # train.py resharded the root after evaluation
     top = max(phases, key=phases.get)
-    return {"items": i, "phases": phases, "peak": (top, phases[top])}
+    fragmentation = int(run.fragmentation * (phases[top] - i["context"]))  # torch's allocator only
+    return {"items": i, "phases": phases, "peak": (top, phases[top]), "fragmentation": fragmentation,
+            "total": phases[top] + fragmentation}
 
 
-LABELS = dict(params="parameters, fp32", grads="gradients, fp32", unsharded="gradients kept unsharded (old FSDP)",
-              buckets="DDP gradient buckets", adam="AdamW m, v", ref="reference model, fp32",
-              root="policy root unit, gathered",
-              blocks="2 gathered blocks", casts="autocast bf16 weight copies", activations="activations, 1 micro-batch",
-              logits="logits / log-softmax (b, L, V)", head_grad="head gradient, held in the backward",
-              unit_reduce="a block's gradient reduce-scatter", root_reduce="the root's gradient reduce-scatter",
-              adam_temp="AdamW step temporaries", nograd_block="a block's tensors, sampler forward",
-              rollout_step="sampler step head, rollouts", trajectory="recorded trajectories",
-              eval_step="sampler step head, evaluation", full_weights="consolidated-weights gather",
-              load="loading: policy in full, then sharded + reference in full", context="CUDA context, NCCL (assumed)")
+# ----------------------------------------------------------------------------- tables
+def labels(run):
+    return dict(
+        params="parameters, fp32", grads="gradients, fp32", unsharded="gradients kept unsharded (old FSDP)",
+        buckets="DDP gradient buckets", adam="AdamW m, v", ref="reference model, fp32",
+        root="policy root unit, gathered", blocks=f"{run.gathered_blocks} gathered blocks (FSDP2 prefetch)",
+        casts="autocast bf16 weight copies", activations="activations, 1 micro-batch",
+        attn_backward="attention backward, (b, heads, S, S) gradients", logits="logits / log-softmax (b, L, V)",
+        head_grad="head gradient, held in the backward",
+        unit_reduce=f"{run.reduces_in_flight} blocks' gradient reduce-scatters in flight",
+        root_reduce="the root's gradient reduce-scatter", adam_temp="AdamW step temporaries",
+        nograd_block="a block's tensors, sampler forward", rollout_step="sampler step head, rollouts",
+        trajectory="recorded trajectories", eval_step="sampler step head, evaluation",
+        full_weights="consolidated-weights gather", load="loading: policy in full, then sharded + reference in full",
+        context="CUDA context, NCCL (assumed)")
+
+
+def gib(v):
+    return f"{v / GiB:.1f}"
+
+
+def describe(run):
+    return (f"{run.precision}, micro-batch {run.micro_batch}, S = {run.prompt_len} + {run.gen_length}, "
+            f"activation checkpointing {'on' if run.checkpointing else 'off'}")
+
+
+def summary_table(s=LLADA_8B, run=Run(), prompt_lens=(320, 450, 550)):
+    """The peak per GPU of FSDP2 for each kernel, prompt length and checkpointing setting, GiB (phase)."""
+    pct = f"{run.fragmentation:.0%}"
+    lines = [f"| prompt tokens | activation checkpointing | flash | math | math + {pct} fragmentation | "
+             f"math + {pct} under 80 GB (74.5 GiB) |", "|---|---|---|---|---|---|"]
+    for P in sorted(set(prompt_lens) | {run.prompt_len}):
+        for ckpt in (False, True):
+            flash, math = (peak_bytes(s, replace(run, prompt_len=P, checkpointing=ckpt, attention=k))
+                           for k in ("flash", "math"))
+            paper = " (the paper preset)" if ckpt and P == run.prompt_len else ""
+            lines.append(f"| {P}{paper} | {'on' if ckpt else 'off'} | {gib(flash['peak'][1])} "
+                         f"({flash['peak'][0]}) | {gib(math['peak'][1])} ({math['peak'][0]}) | "
+                         f"{gib(math['total'])} | {'yes' if math['total'] <= 80e9 else 'NO'} |")
+    return "\n".join(lines)
 
 
 def markdown_table(s=LLADA_8B, run=Run()):
-    """Items and phases in GiB per GPU, DDP and FSDP2 columns, for `run` (default: the README's command)."""
-    ddp, fsdp = peak_bytes(s, replace(run, fsdp=False)), peak_bytes(s, replace(run, fsdp=True))
-    gib = lambda v: f"{v / GiB:.1f}"  # noqa: E731
-    lines = [f"| per GPU, GiB ({run.precision}, micro-batch {run.micro_batch}, S = {run.prompt_len} + "
-             f"{run.gen_length}, attention {run.attention}, checkpointing {'on' if run.checkpointing else 'off'}) | "
-             f"DDP | FSDP2 over {run.world} |", "|---|---|---|"]
-    lines += [f"| {LABELS[k]} | {gib(ddp['items'][k])} | {gib(fsdp['items'][k])} |" for k in LABELS]
-    lines += [f"| **phase: {k}** | {gib(ddp['phases'][k])} | {gib(fsdp['phases'][k])} |" for k in fsdp["phases"]]
-    return "\n".join(lines + [f"| **peak (phase)** | **{gib(ddp['peak'][1])}** ({ddp['peak'][0]}) | "
-                              f"**{gib(fsdp['peak'][1])}** ({fsdp['peak'][0]}) |"])
+    """Items and phases in GiB per GPU for `run`: DDP (math), FSDP2 with each kernel."""
+    columns = {"DDP, math": replace(run, fsdp=False, attention="math"),
+               "FSDP2, flash": replace(run, attention="flash"), "FSDP2, math": replace(run, attention="math")}
+    out = {name: peak_bytes(s, r) for name, r in columns.items()}
+    lines = [f"| per GPU, GiB ({describe(run)}; FSDP2 over {run.world}) | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    def row(text, cell):
+        return f"| {text} | " + " | ".join(cell(o) for o in out.values()) + " |"
+    lines += [row(text, lambda o: gib(o["items"][k])) for k, text in labels(run).items()]
+    lines += [row(f"**phase: {k}**", lambda o: gib(o["phases"][k])) for k in out["FSDP2, math"]["phases"]]
+    lines += [row("**peak (phase)**", lambda o: f"**{gib(o['peak'][1])}** ({o['peak'][0]})"),
+              row(f"allocator fragmentation, +{run.fragmentation:.0%} (assumed)", lambda o: gib(o["fragmentation"])),
+              row("**peak + fragmentation**", lambda o: f"**{gib(o['total'])}**")]
+    return "\n".join(lines)
+
+
+def report(s=LLADA_8B, run=Run()):
+    """The markdown `python tools/memory.py` prints and writes to results/memory.md."""
+    paper = peak_bytes(s, run)
+    flash = peak_bytes(s, replace(run, attention="flash"))
+    return "\n".join([
+        "# Memory per GPU of train.py at paper scale (modelled: `python tools/memory.py`)", "",
+        f"LLaDA-8B-Instruct, {n_params(s):,} parameters; the README's MDPO command on {run.world} GPUs "
+        f"({describe(run)}). Assumptions: the docstring of tools/memory.py. FSDP2 keeps "
+        f"{run.gathered_blocks} gathered blocks and {run.reduces_in_flight} reduce-scatters in flight; "
+        f"allocator fragmentation +{run.fragmentation:.0%} of the peak's tensor bytes; the CUDA context "
+        "and NCCL buffers 1 GiB.", "",
+        f"**Peak per GPU {gib(paper['peak'][1])} GiB ({paper['peak'][0]} phase), {gib(paper['total'])} GiB "
+        f"with fragmentation; training phase {gib(paper['phases']['train'])} GiB on the math attention path, "
+        f"{gib(flash['phases']['train'])} GiB with a fused (flash) kernel; prompts of {run.prompt_len} "
+        "tokens.** A micro-batch with a left-padded row takes the math path (LLaDA turns torch's "
+        "memory-efficient kernel off; flash takes no mask).", "",
+        "## Peak by kernel, prompt length and activation checkpointing (FSDP2, GiB)", "",
+        summary_table(s, run), "",
+        f"## Item by item, prompts of {run.prompt_len} tokens (GiB)", "",
+        markdown_table(s, run), ""])
 
 
 # ----------------------------------------------------------------------------- validation on CPU (--validate)
@@ -250,8 +329,21 @@ FIXES = {"gradients sharded after every micro-batch": ("fp32, grads unsharded (o
 
 
 def variant_run(name):
-    return Run(world=2, prompt_len=P_TOY, steps=T_STEPS, rollout_batch=G, rollouts_per_rank=G, device="cpu",
-               sampler_bytes=SAMPLER_BYTES_NOW, **VARIANTS[name])
+    """The Run of a validation variant. gloo on CPU runs each collective to its end before the next
+    computation: 2 gathered blocks (the one computing and the next) and one reduce-scatter at a time."""
+    return Run(**{**dict(world=2, prompt_len=P_TOY, steps=T_STEPS, rollout_batch=G, rollouts_per_rank=G,
+                         device="cpu", sampler_bytes=SAMPLER_BYTES_NOW, checkpointing=False, attention="flash",
+                         gathered_blocks=2, reduces_in_flight=1), **VARIANTS[name]})
+
+
+def variant_config(run, tmp):
+    """The train.py settings (config.Config) of a validation variant."""
+    import config
+    return config.Config(model=f"{tmp}/model", out=f"{tmp}/out", algo="mdpo", beta=0.05, fsdp=not run.fp32_gather,
+                         precision=run.precision, activation_checkpointing=run.checkpointing, seed=0,
+                         task="toy-countdown", group_size=G, steps=T_STEPS, gen_length=run.gen_length,
+                         block_lengths=(run.gen_length,), remasking="lcr", temperature=0.7, inner_steps=1,
+                         eps=0.2, loss_norm="token", micro_batch=run.micro_batch)
 
 
 def to_local(t):
@@ -280,14 +372,13 @@ def phase(name, peaks, rss0):
     peaks[name] = vm_bytes("VmHWM:") - rss0
 
 
-def build(run, args, rank, world):
+def build(run, cfg, rank, world):
     """train.build, AdamW, and what exists after a first update: AdamW's m and v, a reference forward (whose
-    root unit stays gathered). fp32_gather: the old FSDP2 policy, units gathered in fp32 (no param_dtype)."""
+    root unit is resharded after it). fp32_gather: the old FSDP2 policy, units gathered in fp32."""
     import distributed
     import train
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    model, _, ref, tok, mask_id = train.build(Namespace(**{**vars(args), "fsdp": not run.fp32_gather}), rank,
-                                              1 if run.fp32_gather else world, torch.device("cpu"))
+    model, _, ref, tok, mask_id = train.build(cfg, rank, 1 if run.fp32_gather else world, torch.device("cpu"))
     for m in (model, ref) if run.fp32_gather else ():
         for unit in distributed.blocks(m) + [m]:
             fully_shard(unit, mp_policy=MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32))
@@ -303,13 +394,13 @@ def build(run, args, rank, world):
     return model, ref, tok, mask_id, optimizer, got
 
 
-def micro_batches(ids, attn, x_bar, x_pred, mask_id, b, gen):
-    """train.mdpo_micro_batches without rewards: 2 micro-batches of b (rollout, early step) rows, random advantages."""
-    T, N, L = x_bar.shape
-    n_idx, s_idx, adv = torch.arange(2 * b) % N, torch.arange(2 * b) // N % T, torch.randn(2 * b, 1, generator=gen)
-    return [dict(x=torch.cat([ids[n], x_bar[s, n]], 1), attn=attn[n], targets=x_pred[s, n], P=ids.shape[1],
-                 mask=x_bar[s, n] == mask_id, adv=adv[k]) for n, s, k in
-            zip(n_idx.split(b), s_idx.split(b), torch.arange(2 * b).split(b))]
+def micro_batches(group, mask_id, b, gen):
+    """2 MDPO micro-batches of b (rollout, step) rows (updates.trajectory_batch), random advantages."""
+    T, N, L = group.x_bar.shape
+    adv = torch.randn(N, T, generator=gen)  # (N, T)
+    rows, steps = torch.arange(2 * b) % N, torch.arange(2 * b) // N % T  # (2b,) each
+    import updates
+    return [updates.trajectory_batch(group, r, s, adv, mask_id) for r, s in zip(rows.split(b), steps.split(b))]
 
 
 def run_variant(name, rank, world, tmp):
@@ -317,39 +408,36 @@ def run_variant(name, rank, world, tmp):
     phases' peaks, the items read off the tensors, and the autograd-saved bytes of the first micro-batch."""
     import checkpoint
     import toy
-    import train
+    import updates
     run, peaks, t0 = variant_run(name), {}, time.time()
-    args = Namespace(model=f"{tmp}/model", out=f"{tmp}/out", algo="mdpo", beta=0.05, trust_remote_code=False,
-                     mask_id=None, fsdp=True, precision=run.precision, activation_checkpointing=run.checkpointing,
-                     seed=0, task="toy-countdown", group_size=G, steps=T_STEPS, gen_length=run.gen_length,
-                     block_lengths=[run.gen_length], remasking="lcr", temperature=0.7, inner_steps=1, eps=0.2,
-                     loss_norm="token")
+    cfg = variant_config(run, tmp)
     example = [ex for ex in toy.make_task("toy-countdown", 200, 0) if len(ex["prompt"]) == P_TOY][rank]
     rss0 = vm_bytes("VmRSS:")
-    model, ref, tok, mask_id, optimizer, got = build(run, args, rank, world)
+    model, ref, tok, mask_id, optimizer, got = build(run, cfg, rank, world)
     gen = torch.Generator().manual_seed(rank)
     with phase("rollout", peaks, rss0):
-        ids, attn, _, x_bar, x_pred = train.rollouts(model.eval(), tok, [example], args, mask_id, 0, gen)
+        group = updates.sample_group(model.eval(), tok, [example], cfg, mask_id, gen, 0, record=True)
     got["policy root gathered after rollout"] = gathered_bytes(model.train())
-    items = micro_batches(ids, attn, x_bar, x_pred, mask_id, run.micro_batch, gen)
-    norm, saved, calls = (len(items), sum(it["mask"].sum().item() for it in items), G), {}, []
+    batches = micro_batches(group, mask_id, run.micro_batch, gen)
+    loss_fn = updates.mdpo_objective(cfg, 2 * run.micro_batch, sum(b.loss_mask.sum().item() for b in batches), G)
+    saved, calls = {}, []
 
     def pack(t):  # a saved tensor that is no parameter's storage (sharded or gathered)
         if t.untyped_storage().data_ptr() not in {to_local(p).untyped_storage().data_ptr() for p in model.parameters()}:
             saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    def loss_of(it):
-        calls.append(it)
+    def loss_of(b):
+        calls.append(b)
         if run.unsharded_grads:  # the old accumulation: reduce-scatter only after the last micro-batch
-            model.set_requires_gradient_sync(len(calls) == len(items))
+            model.set_requires_gradient_sync(len(calls) == len(batches))
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
         with hooks if len(calls) == 1 else contextlib.nullcontext():
-            return train.rl_loss_fn(model, it, args, 0, norm)
+            return updates.batch_loss(model, b, 0, loss_fn, cfg, cfg.temperature)
 
     with phase("train", peaks, rss0):
-        train.fixed_log_probs(model, ref, items, args)
-        train.backward_micro_batches(model, items, loss_of, args, world)
+        updates.fix_log_probs(model, ref, batches, cfg, cfg.temperature)
+        updates.backward(model, batches, loss_of, cfg)
     got.update({"gradient shards after train": local_bytes(p.grad for p in model.parameters()),
                 "saved tensors, micro-batch 1": sum(saved.values()), "reference root gathered": gathered_bytes(ref)})
     with phase("optimizer", peaks, rss0):
@@ -413,7 +501,9 @@ def validate(names=tuple(VARIANTS)[1:], tolerance=0.10, slack=8 * MiB):
         for ph in ("rollout", "train") if (new, "train") in peaks else ():
             m, x = (peaks[old, ph][k] - peaks[new, ph][k] for k in (0, 1))
             lines.append(f"| {fix} | {ph} | {mib(m)} | {mib(x)} |")
-    print("\n".join(lines) + f"\n\n{time.time() - t0:.0f} s in all; per variant (rank 0): " +
+    n_agree = sum(agree(*v) == "yes" for v in peaks.values())
+    print("\n".join(lines) + f"\n\n{n_agree} of {len(peaks)} phase peaks agree with the model. "
+          f"{time.time() - t0:.0f} s in all; per variant (rank 0): " +
           ", ".join(f"{n} {ranks[0][n]['seconds']:.0f} s" for n in names))
 
 
@@ -421,27 +511,33 @@ def main(argv=None):
     d = Run()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, text in [("world", "GPUs sharing the model under FSDP2"), ("micro_batch", "train.py --micro-batch"),
-                       ("prompt_len", "longest prompt, tokens (paper's setup: 256-320)"),
+                       ("prompt_len", "longest prompt of a micro-batch, tokens (the paper's CSV: up to ~550)"),
                        ("gen_length", "train.py --gen-length"), ("steps", "train.py --steps"),
                        ("rollout_batch", "rows per sampler forward: G x prompts per rank / block sizes (8 x 2 / 2)"),
-                       ("eval_batch", "train.py --eval-batch-size")]:
+                       ("eval_batch", "train.py --eval-batch-size"),
+                       ("gathered_blocks", "blocks FSDP2 holds gathered at once (prefetch depth)"),
+                       ("reduces_in_flight", "blocks' gradient reduce-scatters FSDP2 has in flight")]:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name), help=f"{text} (%(default)s)")
     p.add_argument("--precision", default=d.precision, choices=["bf16", "fp32"], help="train.py --precision (bf16)")
-    p.add_argument("--activation-checkpointing", dest="checkpointing", action="store_true",
-                   help="train.py --activation-checkpointing")
+    p.add_argument("--activation-checkpointing", dest="checkpointing", action=argparse.BooleanOptionalAction,
+                   default=d.checkpointing, help="train.py --activation-checkpointing (on in --preset paper)")
     p.add_argument("--no-reference", dest="reference", action="store_false", help="beta = 0: no reference model")
-    p.add_argument("--attention", default=d.attention, choices=["flash", "math"], help="flash: no score matrix; math: "
-                   "fp32 probabilities (b, heads, S, S), LLaDA's path on CUDA when a micro-batch has padded rows")
+    p.add_argument("--fragmentation", type=float, default=d.fragmentation,
+                   help="allocator fragmentation, a share of the peak's tensor bytes (%(default)s)")
     p.add_argument("--sampler-bytes", type=int, default=d.sampler_bytes, help="bytes sample.predict holds per (B, L, "
                    f"V) element (generate: 8; predict on a copy: {SAMPLER_BYTES_NOW})")
     p.add_argument("--unsharded-grads", action="store_true", help="the old FSDP accumulation (full-size gradients)")
     p.add_argument("--fp32-gather", action="store_true", help="the old FSDP policy (units gathered in fp32)")
-    p.add_argument("--validate", action="store_true", help="measure the toy on 2 CPU ranks against the model (~3 min)")
+    p.add_argument("--out", type=Path, default=OUT, help="markdown file written (default results/memory.md)")
+    p.add_argument("--validate", action="store_true", help="measure the toy on 2 CPU ranks against the model (~4 min)")
     a = vars(p.parse_args(argv))
     if a.pop("validate"):
         return validate()
-    run = Run(**a)
-    print(f"LLaDA-8B-Instruct, {n_params(LLADA_8B):,} parameters, train.py per GPU:\n\n{markdown_table(LLADA_8B, run)}")
+    out = a.pop("out")
+    text = report(LLADA_8B, Run(**a))
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
 
 
 if __name__ == "__main__":
