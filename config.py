@@ -18,7 +18,7 @@ import rewards
 import sample
 import tasks
 
-ALGOS = ("sft", "mdpo", "diffu-grpo")
+ALGOS = ("sft", "mdpo", "diffu-grpo", "cj-grpo", "igpo")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ class Config:
     beta: float = 0.01
     inner_steps: int = 1
     p_mask: float = 0.15
+    igpo_ratio: str = "token"
+    igpo_entropy_keep: float = 0.2
     # optimisation
     lr: float = 3e-5
     max_updates: int = 96
@@ -78,13 +80,17 @@ class Config:
 PAPER = dict(gen_length=512, block_lengths=(128, 512), steps=128, temperature=0.4, prompts_per_update=16,
              lr=7e-7, max_updates=100, eval_batch_size=8, activation_checkpointing=True)
 # What each preset and algorithm changes in Config's defaults. diffu-GRPO's inner_steps also depends on
-# the task's kind (d1: 12 for math, 8 for countdown): `defaults` adds it.
+# the task's kind (d1: 12 for math, 8 for countdown), and so does CJ-GRPO's: `defaults` adds it.
 DEFAULTS = {
     ("toy", "mdpo"): {},
     ("toy", "diffu-grpo"): dict(eps=0.5, format_score=0.1, max_updates=12),
+    ("toy", "cj-grpo"): dict(eps=0.5, format_score=0.1, max_updates=12),
+    ("toy", "igpo"): dict(eps=0.2, format_score=0.1, inner_steps=4, p_mask=0.0, max_updates=24),
     ("toy", "sft"): dict(lr=2e-3, max_updates=1500, lr_schedule="cosine", beta=0.0),
     ("paper", "mdpo"): dict(PAPER, beta=0.08),
     ("paper", "diffu-grpo"): dict(PAPER, eps=0.5, beta=0.04, format_score=0.1),
+    ("paper", "cj-grpo"): dict(PAPER, eps=0.5, beta=0.04, format_score=0.1),
+    ("paper", "igpo"): dict(PAPER, eps=0.2, beta=0.01, format_score=0.1, inner_steps=4, p_mask=0.0),
     ("paper", "sft"): dict(PAPER, lr=1e-5, beta=0.0),
 }
 PRESETS = ("toy", "paper")
@@ -94,7 +100,7 @@ def defaults(preset, algo, task):
     """Config's default values for a preset, algorithm and task (before any flag)."""
     values = {f.name: f.default for f in dataclasses.fields(Config)}
     values.update(DEFAULTS[preset, algo], preset=preset, algo=algo, task=task)
-    if algo == "diffu-grpo":
+    if algo in ("diffu-grpo", "cj-grpo"):  # d1's and EAR's mu: 12 for math, 8 for countdown
         values["inner_steps"] = 12 if rewards.TASK_KIND[task] == "math" else 8
     return values
 
@@ -116,7 +122,8 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
                  "at the end (Section 3.3; paper: on)",
     "format_score": "countdown reward of a well-formed wrong answer (paper: 0, binary; d1: 0.1)",
     "preset": "toy or paper (default: toy for the toy tasks, paper for the others)",
-    "algo": "sft = Eq. 1 on reference completions; mdpo; diffu-grpo = d1's baseline (grpo.py)",
+    "algo": "sft = Eq. 1 on reference completions; mdpo; diffu-grpo = d1's baseline; cj-grpo, igpo "
+            "(grpo.py, updates.py)",
     "gen_length": "tokens generated L",
     "block_lengths": "block sizes of the rollouts, alternating over groups (Section 3.4's mixture)",
     "steps": "denoising steps T of a rollout",
@@ -131,7 +138,11 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "eps": "clip range of Eq. 5 (MDPO: 0.2; d1: 0.5)",
     "beta": "KL weight (MDPO: 0.08, the authors' README 0.02; d1: 0.04)",
     "inner_steps": "mu optimiser steps per batch of rollouts (MDPO 1; d1 12 math, 8 countdown)",
-    "p_mask": "diffu-GRPO: prompt masking rate of the one-step log-prob input (d1 0.15)",
+    "p_mask": "diffu-GRPO, IGPO: prompt masking rate of the one-step log-prob input (d1 0.15, IGPO 0)",
+    "igpo_ratio": "IGPO's importance ratio: token (per token; the entropy filter acts through it) or "
+                  "sequence (GSPO's, IGPO's run scripts)",
+    "igpo_entropy_keep": "IGPO: share of the hint tokens kept in the loss, those of highest entropy (IGPO "
+                         "0.2; 1 = no filter)",
     "lr": "AdamW learning rate (paper 7e-7)",
     "max_updates": "batches of rollouts (paper 100); SFT: optimiser steps",
     "lr_schedule": "constant (paper) or cosine decay to 0 over --max-updates",
@@ -150,7 +161,7 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
 }
 CHOICES = {"task": tasks.TASKS, "prefilter": ("none", "overdenoise"), "preset": PRESETS, "algo": ALGOS,
            "remasking": sample.REMASKING, "loss_norm": mdpo.LOSS_NORMS, "lr_schedule": ("constant", "cosine"),
-           "precision": ("bf16", "fp32")}
+           "precision": ("bf16", "fp32"), "igpo_ratio": ("token", "sequence")}
 MAY_CHANGE = {"resume", "save_every", "eval_every", "eval_batch_size"}  # between a run's sessions
 
 
@@ -164,7 +175,7 @@ def default_text(name):
         others = [f"{a} {show(defaults(preset, a, task)[name])}" for a in ALGOS
                   if a != "mdpo" and defaults(preset, a, task)[name] != base]
         if name == "inner_steps":
-            others = ["diffu-grpo 8 countdown, 12 math"]
+            others = ["diffu-grpo and cj-grpo 8 countdown, 12 math; igpo 4"]
         parts.append((show(base), f" ({', '.join(others)})" if others else ""))
     if len(set(parts)) == 1:
         return f"default: {''.join(parts[0])}"
@@ -253,6 +264,11 @@ def check(cfg):
         ("--model", cfg.model, cfg.model != "toy" or toy_task,
          f"a model path or HF name: the toy model knows only the toy tasks, not --task {cfg.task}"),
     ]
+    if cfg.algo == "igpo" and cfg.fsdp:
+        return ("--fsdp with --algo igpo: ranks retry different numbers of all-wrong groups, and FSDP's "
+                "gathers need every rank in every forward; use DDP")
+    if not 0 < cfg.igpo_entropy_keep <= 1:
+        return f"--igpo-entropy-keep {cfg.igpo_entropy_keep}: must be in (0, 1]"
     if not (toy_task or cfg.algo == "sft" or cfg.train_file):
         return f"--train-file is needed: --task {cfg.task} generates no training prompts (toy tasks do)"
     for flag, value, ok, allowed in checks:

@@ -78,7 +78,7 @@ def uses_shifted_logits(model):
     """True for a model adapted from an autoregressive LM that kept its next-token head (Dream-7B): the
     logits at position i - 1 predict token i. The model's config says so (`shifted_logits`, set by
     load_model's flag, or a model_type in SHIFTED_MODEL_TYPES)."""
-    config = model.config
+    config = getattr(getattr(model, "module", model), "config", None)  # DDP keeps the model in .module
     flag = getattr(config, "shifted_logits", None)
     return bool(flag) if flag is not None else getattr(config, "model_type", "") in SHIFTED_MODEL_TYPES
 

@@ -93,6 +93,9 @@ def load_data(cfg, toy_pipeline):
         examples = tasks.load_examples(cfg.task, cfg.train_file)
     else:
         examples = toy.make_task(cfg.task, cfg.n_train, cfg.seed, split="train")
+    if cfg.algo == "igpo" and not all(ex.get("completion") for ex in examples):
+        raise ValueError(f"--algo igpo needs a reference solution per training example (its hints): the toy "
+                         f"tasks have them; {cfg.train_file} holds final answers only")
     held_out = None
     if cfg.eval_every:  # toy tasks: the best checkpoint is chosen on val, never on test
         held_out = tasks.load_examples(cfg.task, cfg.eval_data, cfg.n_eval, cfg.seed, split="val")

@@ -14,6 +14,7 @@ import models
 import rewards
 import sample
 import train
+import optimise
 import updates
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<user>", "<assistant>"] + (
@@ -136,9 +137,9 @@ def test_the_sampler_the_log_probs_and_sft_honour_shifted_logits(tmp_path):
     x_p = sample.generate(plain, ids, generator=torch.Generator().manual_seed(1), **kw)[0]
     assert torch.equal(x_s, x_h) and torch.equal(tr_s.logp, tr_h.logp) and not torch.equal(x_s, x_p)
     # the RL log-probs (updates.policy_logp) and the SFT loss read the same shifted logits
-    batch = updates.MicroBatch([x_s], torch.ones_like(x_s), x_s[:, 4:], torch.ones(2, 8, dtype=torch.bool),
+    batch = optimise.MicroBatch([x_s], torch.ones_like(x_s), x_s[:, 4:], torch.ones(2, 8, dtype=torch.bool),
                                torch.ones(2, 1), prompt_len=4)
-    assert torch.equal(updates.policy_logp(shifted, batch, 0, 1.0), updates.policy_logp(by_hand, batch, 0, 1.0))
+    assert torch.equal(optimise.policy_logp(shifted, batch, 0, 1.0), optimise.policy_logp(by_hand, batch, 0, 1.0))
     x_tau, masked, p_mask = mdpo.sft_noise(x_s, batch.attention_mask.bool(), M, torch.Generator().manual_seed(0))
     sft = [mdpo.masked_diffusion_loss(models.logits(m, x_tau), x_s, masked, p_mask, batch.attention_mask.bool())
            for m in (shifted, by_hand)]

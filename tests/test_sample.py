@@ -19,30 +19,11 @@ from sample import generate
 
 
 def llada_reference(model, prompt, steps, gen_length, block_length, mask_id):
-    """A plain transcription of LLaDA's generate() (greedy, low-confidence remasking, no CFG)."""
-    B, P = prompt.shape
-    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
-    x[:, :P] = prompt
-    n_blocks = gen_length // block_length
-    steps_per_block = steps // n_blocks
-    for nb in range(n_blocks):
-        end = P + (nb + 1) * block_length
-        n_masked = int((x[0, P + nb * block_length: end] == mask_id).sum())
-        per_step = [n_masked // steps_per_block + (1 if i < n_masked % steps_per_block else 0)
-                    for i in range(steps_per_block)]
-        for i in range(steps_per_block):
-            mask_index = x == mask_id
-            logits = model(x).logits
-            x0 = torch.argmax(logits, dim=-1)
-            p = F.softmax(logits.float(), dim=-1)
-            x0_p = torch.gather(p, -1, x0.unsqueeze(-1)).squeeze(-1)
-            x0_p[:, end:] = -float("inf")
-            x0 = torch.where(mask_index, x0, x)
-            confidence = torch.where(mask_index, x0_p, torch.tensor(-float("inf")))
-            for j in range(B):
-                _, idx = torch.topk(confidence[j], k=per_step[i])
-                x[j, idx] = x0[j, idx]
-    return x
+    """LLaDA's generate() (greedy, low-confidence remasking, no CFG): the plain transcription in
+    tools/llada_reference.py, independent of sample.py."""
+    from tools.llada_reference import llada_generate
+    return llada_generate(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
+                          temperature=0.0, mask_id=mask_id)
 
 
 @pytest.mark.parametrize("kind", ["peaked", "toy", "bigram"])  # saturated: many exact ties at 1.0 (see `saturated`)

@@ -12,9 +12,11 @@ import torch.distributed as dist
 import checkpoint
 import config
 import distributed
+import rollouts
 import sample
 import toy
 import train
+import optimise
 import updates
 from conftest import ROOT, run_bounded, spawn_bounded
 from test_train import fake_batches
@@ -25,7 +27,7 @@ CFG = config.Config(algo="mdpo", temperature=0.7, inner_steps=1, eps=0.2, beta=0
 def mdpo_loss_of(wrapped, batches, cfg):
     """batch -> updates.batch_loss at inner step 0, normalised over these batches' tokens (one rank's share)."""
     loss_fn = updates.mdpo_objective(cfg, 0, sum(b.loss_mask.sum().item() for b in batches), 0)
-    return lambda b: updates.batch_loss(wrapped, b, 0, loss_fn, cfg, cfg.temperature)
+    return lambda b: optimise.batch_loss(wrapped, b, 0, loss_fn, cfg, cfg.temperature)
 
 
 def fsdp_worker(rank, world, init_file, out_dir, precision):
@@ -33,7 +35,7 @@ def fsdp_worker(rank, world, init_file, out_dir, precision):
     cfg = dataclasses.replace(CFG, precision=precision, model=str(os.path.join(out_dir, "model")), out=out_dir)
     model, wrapped, ref, tok, mask_id = train.build(cfg, rank, world, torch.device("cpu"))
     batches = fake_batches(3, seed=rank)
-    updates.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
+    optimise.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
     held, loss_of = [], mdpo_loss_of(wrapped, batches, cfg)
 
     def recording_loss_of(b):  # before each micro-batch: which parameters hold a gradient, and of what size
@@ -41,7 +43,7 @@ def fsdp_worker(rank, world, init_file, out_dir, precision):
                      for p in model.parameters()])
         return loss_of(b)
 
-    totals = updates.backward(wrapped, batches, recording_loss_of, cfg)
+    totals = optimise.backward(wrapped, batches, recording_loss_of, cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     optimizer.step()
     ck = os.path.join(out_dir, "ck")
@@ -111,12 +113,12 @@ def test_bf16_rollouts_and_training_forwards_on_cpu(tmp_path, tok):
                                   out=str(tmp_path), group_size=2, gen_length=8, block_lengths=(8,), steps=4)
         model, wrapped, ref, _, mask_id = train.build(cfg, 0, 1, torch.device("cpu"))
         seen = dtypes_seen(model)
-        updates.sample_group(wrapped, tok, ex, cfg, mask_id, torch.Generator().manual_seed(0), 0, record=True)
+        rollouts.sample_group(wrapped, tok, ex, cfg, mask_id, torch.Generator().manual_seed(0), 0, record=True)
         assert seen and set(seen) == {dtype}, f"rollouts ran in {set(seen)} under --precision {precision}"
         seen.clear()
         batches = fake_batches(2)
-        updates.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
-        totals = updates.backward(wrapped, batches, mdpo_loss_of(wrapped, batches, cfg), cfg)
+        optimise.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
+        totals = optimise.backward(wrapped, batches, mdpo_loss_of(wrapped, batches, cfg), cfg)
         assert set(seen) == {dtype} and totals["kl"] == 0.0  # KL sum 0 at the start, in either precision
         assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
 
@@ -151,7 +153,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
         blocks = distributed.blocks(model)
         assert len(blocks) == 2 and all(("checkpoint" in repr(b.forward)) == on for b in blocks)
         batches = fake_batches(2)
-        updates.backward(wrapped, batches, mdpo_loss_of(wrapped, batches, cfg), cfg)
+        optimise.backward(wrapped, batches, mdpo_loss_of(wrapped, batches, cfg), cfg)
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7)
@@ -164,6 +166,6 @@ def test_training_rollouts_use_the_authors_confidence(tok, monkeypatch):
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
     cfg = config.Config(group_size=2, gen_length=8, block_lengths=(4, 8), steps=4, temperature=0.7)
-    updates.sample_group(model, tok, toy.make_task("toy-countdown", 2, 0, "train"), cfg, tok.mask_token_id,
+    rollouts.sample_group(model, tok, toy.make_task("toy-countdown", 2, 0, "train"), cfg, tok.mask_token_id,
                          torch.Generator().manual_seed(0), 0, record=False)
     assert [k["confidence"] for k in seen] == ["sampling", "sampling"] and {k["block_length"] for k in seen} == {4, 8}

@@ -18,6 +18,7 @@ import eval as evaluation
 import mdpo
 import tasks
 import toy
+import optimise
 import updates
 from conftest import ROOT, kill_tree, run_bounded, spawn_bounded
 
@@ -33,7 +34,7 @@ def fake_batches(n, seed=0, b=3, P=5, L=8, V=59, mask_id=1):
         x = torch.randint(5, V, (b, P + L), generator=g)
         mask = torch.rand(b, L, generator=g) < 0.5
         x[:, P:][mask] = mask_id
-        batches.append(updates.MicroBatch([x], torch.ones(b, P + L, dtype=torch.long),
+        batches.append(optimise.MicroBatch([x], torch.ones(b, P + L, dtype=torch.long),
                                           torch.randint(5, V, (b, L), generator=g), mask,
                                           torch.randn(b, 1, generator=g), P))
     return batches
@@ -57,11 +58,11 @@ def weights_after_one_step(world, rank):
         model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
         wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
         mine = batches[2 * rank: 2 * rank + 2] if world > 1 else batches
-        n_tokens = updates.per_rank_share([sum(b.loss_mask.sum().item() for b in mine)], "cpu")[0]
+        n_tokens = optimise.per_rank_share([sum(b.loss_mask.sum().item() for b in mine)], "cpu")[0]
         loss_fn = (updates.mdpo_objective(cfg, 0, n_tokens, 0) if name == "mdpo"
                    else updates.grpo_objective(cfg, n_tokens))
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        updates.policy_steps(wrapped, None, optimizer, mine, loss_fn, cfg, 0.7, True)
+        optimise.policy_steps(wrapped, None, optimizer, mine, loss_fn, cfg, 0.7, True)
         out[name] = {k: v.detach().clone() for k, v in model.named_parameters()}
         del wrapped
     return out
@@ -225,14 +226,14 @@ def test_inner_steps_recompute_old_log_probs_so_the_first_ratio_is_one(tok):
     cfg = dataclasses.replace(CFG, inner_steps=2)
     n = b.loss_mask.sum().item()
     loss_fn = updates.mdpo_objective(cfg, 1, n, 1)
-    updates.fix_log_probs(model, None, [b], cfg, 0.7)
+    optimise.fix_log_probs(model, None, [b], cfg, 0.7)
     with torch.no_grad():
         logp = mdpo.token_logp(model(b.inputs[0], attention_mask=b.attention_mask).logits[:, b.prompt_len:],
                                b.targets, 0.7)
     assert torch.equal(b.old_logp[0], logp)  # the same forward: ratio exactly 1
-    assert updates.batch_loss(model, b, 0, loss_fn, cfg, 0.7)[2] == 0  # nothing clipped
+    assert optimise.batch_loss(model, b, 0, loss_fn, cfg, 0.7)[2] == 0  # nothing clipped
     b.old_logp = [logp - 0.5 * b.adv.sign()]  # ratio e^0.5 = 1.65 > 1.2 where A > 0, 0.61 < 0.8 where A < 0
-    assert updates.batch_loss(model, b, 1, loss_fn, cfg, 0.7)[2] == n  # every masked token is clipped
+    assert optimise.batch_loss(model, b, 1, loss_fn, cfg, 0.7)[2] == n  # every masked token is clipped
 
 
 def test_prompt_order_draws_every_prompt_once_per_epoch():

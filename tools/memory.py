@@ -1,7 +1,7 @@
 """GPU memory of train.py per GPU, modelled tensor by tensor, and the model checked on CPU.
 
     python tools/memory.py              the paper command on 8 x H100, LLaDA-8B-Instruct: both attention
-                                        kernels, prompts of 320 and 550 tokens (-> results/memory.md)
+                                        kernels, prompts of 320, 450, 550 tokens (-> results/memory.md)
     python tools/memory.py --validate   2 gloo ranks run train.py's FSDP2 code on a 29M-parameter toy:
                                         measured peaks against the model (~4 min on 2 cores)
 
@@ -13,11 +13,12 @@ holds (`peak_bytes`); the peak is the largest phase. Assumptions (each a field o
    micro-batch with a left-padded row (prompts of unequal length) takes the math path. Plan for math.
 2. prompt_len: the longest prompt of a micro-batch, 550 tokens (the paper's training CSV goes up to ~550);
    S = prompt + 512 generated tokens.
-3. FSDP2 keeps 3 gathered blocks (the one computing, the next one's all-gather, one not yet freed) and
-   2 blocks' gradient reduce-scatters in flight (--validate's gloo ranks on CPU: 2 and 1).
+3. FSDP2 on CUDA overlaps communication with compute: 3 gathered blocks and 2 blocks' gradient
+   reduce-scatters in flight at once (--validate's gloo ranks on CPU, which do not overlap: 2 and 1).
 4. Allocator fragmentation: +10% of the peak's tensor bytes, its own line (5-15% is typical); CUDA context
    and NCCL buffers: 1 GiB outside torch's allocator.
-5. Sampler: 8 bytes per (B, L, V) element (sample.generate's predict on fresh float32 logits).
+5. Sampler: LLaDA declares no output layer to sample.py, so a step holds the forward's logits (B, S, V) in
+   bf16; sample.py predicts a chunk of <= 2^22 of them at a time, 12 bytes each (float32, softmax, q).
 6. LLADA_8B: 32 layers, d 4096, 32 heads, SwiGLU hidden 12288, vocabulary 126464, untied head, no
    biases: 8,015,581,184 parameters (modeling_llada.py; the model card's config.json).
 """
@@ -31,13 +32,15 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: train.py, updates.py, ...
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: train.py, rollouts.py, ...
 
 import torch  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
 GiB, MiB = 2 ** 30, 2 ** 20
-SAMPLER_BYTES_NOW = 12  # sample.predict at temperature > 0: fp32 copy 4, softmax(logits) 4, q 4 (see tests)
+# sample.predict_masked predicts a chunk of rows at a time, (rows, V) <= CHUNK_ELEMENTS and rows >= MIN_ROWS
+CHUNK_ELEMENTS, MIN_ROWS = 2 ** 22, 16  # sample.CHUNK_ELEMENTS, sample.ROWS (tests/test_memory.py checks)
+PREDICT_BYTES = 8  # sample.predict beyond its input, per element: softmax(logits) 4 and q 4 (see tests)
 OUT = Path(__file__).resolve().parents[1] / "results" / "memory.md"
 
 
@@ -77,7 +80,7 @@ class Run:
     gathered_blocks: int = 3
     reduces_in_flight: int = 2
     fragmentation: float = 0.10
-    sampler_bytes: int = 8
+    sampler_bytes: int = 4 + PREDICT_BYTES  # a chunk's fresh float32 logits, then predict's tensors
     device: str = "cuda"
     unsharded_grads: bool = False  # the old FSDP accumulation: full-size gradients kept to the last micro-batch
     fp32_gather: bool = False      # the old FSDP policy: units gathered in fp32, autocast casts every weight
@@ -118,13 +121,15 @@ def cast_params(s):
 
 def attention_saved(s, c, attention, S):
     """Bytes per token the attention kernel saves for its backward: [(what, bytes)]. flash: q, k, v in the
-    compute dtype and the fp32 log-sum-exp of each head (its output is the output projection's input,
-    counted in `block_saved`). math (torch's _scaled_dot_product_attention_math): q, k, v upcast to fp32
-    and the fp32 probabilities, a row of S per head (tests/test_memory.py reads both off autograd)."""
-    if attention == "flash":
-        return [("q, k, v", 3 * c * s.d), ("attention log-sum-exp, fp32", 4 * s.heads)]
-    return [("q, k, v upcast to fp32 (math)", 12 * s.d),
-            ("attention probabilities (b, heads, S, S), fp32 (math)", 4 * s.heads * S)]
+    compute dtype and the fp32 log-sum-exp of each head (and the toy's key mask); its output is the output
+    projection's input (`block_saved`). math (torch's _scaled_dot_product_attention_math): q, k, v upcast to
+    fp32 (bf16 compute; LLaDA's separate q, k, v in fp32 too) and the fp32 probabilities, a row of S per
+    head; the mask is added in place, not saved. tests/test_memory.py reads both off autograd."""
+    if attention == "math":
+        return [("q, k, v upcast to fp32 (math)", 12 * s.d),
+                ("attention probabilities (b, heads, S, S), fp32 (math)", 4 * s.heads * S)]
+    mask = [("key mask (b, 1, 1, S)", c)] if s.kind == "toy" else []
+    return [("q, k, v", 3 * c * s.d), ("attention log-sum-exp, fp32", 4 * s.heads)] + mask
 
 
 def block_saved(s, c, attention="flash", S=0):
@@ -132,7 +137,7 @@ def block_saved(s, c, attention="flash", S=0):
     Read off autograd's saved tensors (tests/test_memory.py checks the toy's with saved_tensors_hooks)."""
     d, f = s.d, s.f
     if s.kind == "toy":  # CPU autocast keeps layer_norm in bf16 (CUDA's runs it in fp32: not modelled)
-        norms = [("ln1, ln2 inputs", 2 * c * d), ("ln1, ln2 mean and rstd", 4 * c), ("key mask (b, 1, 1, S)", c),
+        norms = [("ln1, ln2 inputs", 2 * c * d), ("ln1, ln2 mean and rstd", 4 * c),
                  ("ln1, ln2 outputs (qkv, fc1 inputs)", 2 * c * d)]
         mlp = [("fc1 output (GELU input), GELU output (fc2 input)", 2 * c * f)]
     else:  # RMSNorm: x in fp32 (kept by pow and mul), 1/rms, x normalised (c), x times weight (the Linears' input)
@@ -171,10 +176,13 @@ def logits_bytes(b, S, L, V, c):
 
 
 def sampler_step(s, run, B):
-    """One denoising step's head: the forward's logits (B, S, V), c bytes each, and sampler_bytes per element of
-    (B, L, V) held by sample.predict. (The blocks' part of the forward is `nograd_block`.)"""
+    """One denoising step's output layer: the forward's logits (B, S, V) in the compute dtype (none for the toy,
+    whose declared output layer sample.py runs on the rows a step needs), and sampler_bytes per element of one
+    chunk of those rows, (rows, V). (The blocks' part of the forward is `nograd_block`.)"""
     c, S = 2 if run.precision == "bf16" else 4, run.prompt_len + run.gen_length
-    return c * B * S * s.vocab + run.sampler_bytes * B * run.gen_length * s.vocab
+    logits = 0 if s.kind == "toy" else c * B * S * s.vocab
+    rows = min(B * run.gen_length, max(MIN_ROWS, CHUNK_ELEMENTS // s.vocab))
+    return logits + run.sampler_bytes * rows * s.vocab
 
 
 def peak_bytes(s, run=Run()):
@@ -207,7 +215,7 @@ def peak_bytes(s, run=Run()):
         nograd_block=run.rollout_batch * S * per_block,  # a block's tensors in a sampler forward (bound: its saved set)
         rollout_step=sampler_step(s, run, run.rollout_batch),
         # sample.generate's record: per step x (B, S) and x_pred, int64, conf and logp, fp32; then stacked;
-        # and updates.sample_group's x_bar and x_pred (T, N, L), int64
+        # and rollouts.sample_group's x_bar and x_pred (T, N, L), int64
         trajectory=T * run.rollout_batch * (8 * S + 40 * L) + 16 * T * run.rollouts_per_rank * L,
         eval_step=sampler_step(s, run, run.eval_batch),
         # consolidated weights: on a GPU one full fp32 parameter at a time (then on rank 0's host), on a CPU all
@@ -297,8 +305,8 @@ def report(s=LLADA_8B, run=Run()):
     flash = peak_bytes(s, replace(run, attention="flash"))
     return "\n".join([
         "# Memory per GPU of train.py at paper scale (modelled: `python tools/memory.py`)", "",
-        f"LLaDA-8B-Instruct, {n_params(s):,} parameters; the README's MDPO command on {run.world} GPUs "
-        f"({describe(run)}). Assumptions: the docstring of tools/memory.py. FSDP2 keeps "
+        f"LLaDA-8B-Instruct, {n_params(s):,} parameters; train.py --fsdp on {run.world} GPUs ({describe(run)}; "
+        "the defaults are the README's MDPO command). Assumptions: tools/memory.py's docstring. FSDP2 keeps "
         f"{run.gathered_blocks} gathered blocks and {run.reduces_in_flight} reduce-scatters in flight; "
         f"allocator fragmentation +{run.fragmentation:.0%} of the peak's tensor bytes; the CUDA context "
         "and NCCL buffers 1 GiB.", "",
@@ -330,9 +338,10 @@ FIXES = {"gradients sharded after every micro-batch": ("fp32, grads unsharded (o
 
 def variant_run(name):
     """The Run of a validation variant. gloo on CPU runs each collective to its end before the next
-    computation: 2 gathered blocks (the one computing and the next) and one reduce-scatter at a time."""
+    computation: 2 gathered blocks (the one computing and the next) and one reduce-scatter at a time.
+    Rollouts order by the authors' "sampling" confidence: sample.predict keeps q but no softmax(logits)."""
     return Run(**{**dict(world=2, prompt_len=P_TOY, steps=T_STEPS, rollout_batch=G, rollouts_per_rank=G,
-                         device="cpu", sampler_bytes=SAMPLER_BYTES_NOW, checkpointing=False, attention="flash",
+                         device="cpu", sampler_bytes=4 + 4, checkpointing=False, attention="flash",
                          gathered_blocks=2, reduces_in_flight=1), **VARIANTS[name]})
 
 
@@ -380,8 +389,9 @@ def build(run, cfg, rank, world):
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     model, _, ref, tok, mask_id = train.build(cfg, rank, 1 if run.fp32_gather else world, torch.device("cpu"))
     for m in (model, ref) if run.fp32_gather else ():
-        for unit in distributed.blocks(m) + [m]:
-            fully_shard(unit, mp_policy=MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32))
+        for unit in distributed.blocks(m) + [m]:  # the reference's root resharded after each forward, as now
+            fully_shard(unit, mp_policy=MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32),
+                        reshard_after_forward=True if unit is ref else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -407,6 +417,8 @@ def run_variant(name, rank, world, tmp):
     """One variant on this rank through train.py's functions; the rollout, train, optimizer (and checkpoint)
     phases' peaks, the items read off the tensors, and the autograd-saved bytes of the first micro-batch."""
     import checkpoint
+    import optimise
+    import rollouts
     import toy
     import updates
     run, peaks, t0 = variant_run(name), {}, time.time()
@@ -416,7 +428,7 @@ def run_variant(name, rank, world, tmp):
     model, ref, tok, mask_id, optimizer, got = build(run, cfg, rank, world)
     gen = torch.Generator().manual_seed(rank)
     with phase("rollout", peaks, rss0):
-        group = updates.sample_group(model.eval(), tok, [example], cfg, mask_id, gen, 0, record=True)
+        group = rollouts.sample_group(model.eval(), tok, [example], cfg, mask_id, gen, 0, record=True)
     got["policy root gathered after rollout"] = gathered_bytes(model.train())
     batches = micro_batches(group, mask_id, run.micro_batch, gen)
     loss_fn = updates.mdpo_objective(cfg, 2 * run.micro_batch, sum(b.loss_mask.sum().item() for b in batches), G)
@@ -433,11 +445,11 @@ def run_variant(name, rank, world, tmp):
             model.set_requires_gradient_sync(len(calls) == len(batches))
         hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
         with hooks if len(calls) == 1 else contextlib.nullcontext():
-            return updates.batch_loss(model, b, 0, loss_fn, cfg, cfg.temperature)
+            return optimise.batch_loss(model, b, 0, loss_fn, cfg, cfg.temperature)
 
     with phase("train", peaks, rss0):
-        updates.fix_log_probs(model, ref, batches, cfg, cfg.temperature)
-        updates.backward(model, batches, loss_of, cfg)
+        optimise.fix_log_probs(model, ref, batches, cfg, cfg.temperature)
+        optimise.backward(model, batches, loss_of, cfg)
     got.update({"gradient shards after train": local_bytes(p.grad for p in model.parameters()),
                 "saved tensors, micro-batch 1": sum(saved.values()), "reference root gathered": gathered_bytes(ref)})
     with phase("optimizer", peaks, rss0):
@@ -468,40 +480,56 @@ def modelled_items(s, run):
             "saved tensors, micro-batch 1": None if run.checkpointing else saved}
 
 
-def validate(names=tuple(VARIANTS)[1:], tolerance=0.10, slack=8 * MiB):
+def save_toy(tmp):
+    """The validation's toy model (TOY, seed 0) and its tokenizer, saved to tmp/model."""
+    import toy
+    torch.manual_seed(0)
+    toy.ToyMDLM(toy.ToyConfig(**TOY)).save_pretrained(f"{tmp}/model")
+    toy.ToyTokenizer().save_pretrained(f"{tmp}/model")
+
+
+def agrees(modelled, measured, tolerance=0.10, slack=8 * MiB):
+    return abs(modelled - measured) <= max(tolerance * measured, slack)
+
+
+def measured_peaks(ranks, names):
+    """{(variant, phase): (modelled, measured)} bytes, the measured peak the largest over ranks."""
+    import toy
+    s = toy_shape(toy.ToyConfig(**TOY))
+    return {(name, ph): (peak_bytes(s, variant_run(name))["phases"][ph], max(r[name]["peaks"][ph] for r in ranks))
+            for name in names for ph in ranks[0][name]["peaks"]}
+
+
+def validate(names=tuple(VARIANTS)[1:]):
     """Spawn 2 gloo ranks running the variants; print measured against modelled bytes as markdown tables. glibc
     serves big blocks from mmap and unmaps them when freed, so resident memory follows the live bytes."""
     import toy
-    t0, config = time.time(), toy.ToyConfig(**TOY)
+    t0, s = time.time(), toy_shape(toy.ToyConfig(**TOY))
     os.environ.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536", MALLOC_ARENA_MAX="2")
     with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        toy.ToyMDLM(config).save_pretrained(f"{tmp}/model")
-        toy.ToyTokenizer().save_pretrained(f"{tmp}/model")
+        save_toy(tmp)
         torch.multiprocessing.spawn(worker, args=(2, tmp, list(names)), nprocs=2, join=True)
         ranks = [json.loads(Path(f"{tmp}/rank{r}.json").read_text()) for r in range(2)]
-    s, mib = toy_shape(config), lambda v: f"{v / MiB:.1f}"  # noqa: E731
-    agree = lambda m, x: "yes" if abs(m - x) <= max(tolerance * x, slack) else "no"  # noqa: E731
+    mib = lambda v: f"{v / MiB:.1f}"  # noqa: E731
+    yes = lambda m, x: "yes" if agrees(m, x) else "no"  # noqa: E731
     print(f"Toy {TOY}: {n_params(s) / 1e6:.1f}M parameters, FSDP2 over 2 gloo ranks, {G} rollouts of {T_STEPS} "
           f"steps, prompt {P_TOY}. Measured: peak resident memory (VmHWM, reset per phase) over the RSS before the "
-          f"build, max over ranks. Agreement: within {tolerance:.0%} or {slack // MiB} MiB.\n")
-    peaks, lines = {}, ["| variant | phase | modelled MiB | measured MiB | diff | agrees |", "|---" * 6 + "|"]
-    for name in names:
-        modelled = peak_bytes(s, variant_run(name))["phases"]
-        for ph in ranks[0][name]["peaks"]:
-            peaks[name, ph] = m, x = modelled[ph], max(r[name]["peaks"][ph] for r in ranks)
-            lines.append(f"| {name} | {ph} | {mib(m)} | {mib(x)} | {(m - x) / x:+.1%} | {agree(m, x)} |")
+          f"build, max over ranks. Agreement: within 10% or 8 MiB.\n")
+    peaks = measured_peaks(ranks, names)
+    lines = ["| variant | phase | modelled MiB | measured MiB | diff | agrees |", "|---" * 6 + "|"]
+    lines += [f"| {name} | {ph} | {mib(m)} | {mib(x)} | {(m - x) / x:+.1%} | {yes(m, x)} |"
+              for (name, ph), (m, x) in peaks.items()]
     lines += ["", "| variant | item (tensor bytes) | modelled MiB | measured MiB | agrees |", "|---" * 5 + "|"]
     for name in names:
         for item, m in modelled_items(s, variant_run(name)).items():
             x = max(r[name]["items"][item] for r in ranks)
-            lines += [f"| {name} | {item} | {mib(m)} | {mib(x)} | {agree(m, x)} |"] if m is not None else []
+            lines += [f"| {name} | {item} | {mib(m)} | {mib(x)} | {yes(m, x)} |"] if m is not None else []
     lines += ["", "| fix | phase | modelled saving MiB | measured saving MiB |", "|---|---|---|---|"]
     for fix, (old, new) in FIXES.items():
         for ph in ("rollout", "train") if (new, "train") in peaks else ():
             m, x = (peaks[old, ph][k] - peaks[new, ph][k] for k in (0, 1))
             lines.append(f"| {fix} | {ph} | {mib(m)} | {mib(x)} |")
-    n_agree = sum(agree(*v) == "yes" for v in peaks.values())
+    n_agree = sum(agrees(m, x) for m, x in peaks.values())
     print("\n".join(lines) + f"\n\n{n_agree} of {len(peaks)} phase peaks agree with the model. "
           f"{time.time() - t0:.0f} s in all; per variant (rank 0): " +
           ", ".join(f"{n} {ranks[0][n]['seconds']:.0f} s" for n in names))
@@ -524,8 +552,8 @@ def main(argv=None):
     p.add_argument("--no-reference", dest="reference", action="store_false", help="beta = 0: no reference model")
     p.add_argument("--fragmentation", type=float, default=d.fragmentation,
                    help="allocator fragmentation, a share of the peak's tensor bytes (%(default)s)")
-    p.add_argument("--sampler-bytes", type=int, default=d.sampler_bytes, help="bytes sample.predict holds per (B, L, "
-                   f"V) element (generate: 8; predict on a copy: {SAMPLER_BYTES_NOW})")
+    p.add_argument("--sampler-bytes", type=int, default=d.sampler_bytes, help="bytes per logit of a chunk of rows "
+                   "a step predicts: its float32 logits 4 + sample.predict's (confidence model 8, sampling 4)")
     p.add_argument("--unsharded-grads", action="store_true", help="the old FSDP accumulation (full-size gradients)")
     p.add_argument("--fp32-gather", action="store_true", help="the old FSDP policy (units gathered in fp32)")
     p.add_argument("--out", type=Path, default=OUT, help="markdown file written (default results/memory.md)")
