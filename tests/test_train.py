@@ -15,6 +15,7 @@ import torch.distributed as dist
 import checkpoint
 import config
 import eval as evaluation
+import grpo
 import mdpo
 import tasks
 import toy
@@ -49,20 +50,40 @@ def grpo_batches(n):
     return fake_batches(n, seed=1)
 
 
+ALGOS = {"mdpo": CFG, "diffu-grpo": GRPO_CFG, "cj-grpo": dataclasses.replace(CFG, algo="cj-grpo", eps=0.5),
+         "igpo": dataclasses.replace(CFG, algo="igpo"), "igpo-sequence": dataclasses.replace(
+             CFG, algo="igpo", igpo_ratio="sequence")}
+
+
+def objective(name, mine, cfg):
+    """The update's loss function for this rank's micro-batches, its normalisers shared over ranks as the
+    update functions share them. CJ-GRPO: row j of every micro-batch stands for step j."""
+    n_tokens = optimise.per_rank_share([sum(b.loss_mask.sum().item() for b in mine)], "cpu")[0]
+    if name == "cj-grpo":
+        step_tokens = optimise.per_rank_share(sum(b.loss_mask.sum(1).float() for b in mine).tolist(), "cpu")
+        denom = grpo.cj_grpo_denominators(torch.tensor(step_tokens))  # (3,), one per step
+        for b in mine:
+            b.denom = denom[:, None]  # (3, 1)
+        return updates.cj_grpo_objective(cfg)
+    if name.startswith("igpo"):
+        return updates.igpo_objective(cfg, n_tokens)
+    if name == "mdpo":
+        return updates.mdpo_objective(cfg, 0, n_tokens, 0)
+    return updates.grpo_objective(cfg, n_tokens)
+
+
 def weights_after_one_step(world, rank):
-    """The weights after one MDPO and one diffu-GRPO optimiser step (SGD, lr 1) on 4 micro-batches, split
-    over `world` ranks (2 each on 2 ranks): policy_steps with the update's normaliser shared over ranks."""
+    """The weights after one optimiser step (SGD, lr 1) of each algorithm on 4 micro-batches, split over
+    `world` ranks (2 each on 2 ranks): policy_steps with the update's normaliser shared over ranks."""
     out = {}
-    for name, batches, cfg in (("mdpo", fake_batches(4), CFG), ("diffu-grpo", grpo_batches(4), GRPO_CFG)):
+    for name, cfg in ALGOS.items():
+        batches = grpo_batches(4) if name != "mdpo" else fake_batches(4)
         torch.manual_seed(0)
         model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
         wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
         mine = batches[2 * rank: 2 * rank + 2] if world > 1 else batches
-        n_tokens = optimise.per_rank_share([sum(b.loss_mask.sum().item() for b in mine)], "cpu")[0]
-        loss_fn = (updates.mdpo_objective(cfg, 0, n_tokens, 0) if name == "mdpo"
-                   else updates.grpo_objective(cfg, n_tokens))
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        optimise.policy_steps(wrapped, None, optimizer, mine, loss_fn, cfg, 0.7, True)
+        optimise.policy_steps(wrapped, None, optimizer, mine, objective(name, mine, cfg), cfg, 0.7, True)
         out[name] = {k: v.detach().clone() for k, v in model.named_parameters()}
         del wrapped
     return out
@@ -76,14 +97,14 @@ def ddp_worker(rank, world, init_file, out_dir):
 
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
-    """MDPO and diffu-GRPO alike: DDP over 2 ranks with 2 micro-steps each == 1 process with 4 micro-steps."""
+    """Every algorithm: DDP over 2 ranks with 2 micro-steps each == 1 process with 4 micro-steps."""
     spawn_bounded(ddp_worker, (2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, timeout=90)
     single = weights_after_one_step(1, 0)
     torch.manual_seed(0)
     init = dict(toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).named_parameters())
     for rank in range(2):
         ddp = torch.load(tmp_path / f"weights{rank}.pt")
-        for name in ("mdpo", "diffu-grpo"):
+        for name in ALGOS:
             assert single[name].keys() == ddp[name].keys()
             for k in single[name]:
                 torch.testing.assert_close(ddp[name][k], single[name][k], rtol=1e-5, atol=1e-7)
