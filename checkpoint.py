@@ -1,14 +1,18 @@
 """Checkpoints of train.py: written atomically, resumable exactly (on one machine), sharded under FSDP.
 
 A checkpoint is a directory (OUT/last, OUT/best):
-  dcp/               model and optimiser state, torch.distributed.checkpoint format: under FSDP every rank writes
-                     and reads only its own shards (no rank gathers the 8B model and its AdamW state), and a
-                     resume on another number of ranks reshards on load;
-  trainer_state.pt   step, data position, best held-out accuracy, the world size and every rank's RNG state;
-  config.json + weights + tokenizer   the consolidated model (save_pretrained), what sample.py / eval.py load.
-                     Under FSDP it is gathered only when asked (`full_weights`: the final and the best model).
-Each save goes to PATH.tmp and is renamed into place, so a crash leaves the previous checkpoint whole; a Ctrl-C
-that arrives during a save is held until the save is complete (the collective save must not stop half-way).
+  dcp/               model and optimiser state, torch.distributed.checkpoint format: under FSDP
+  every rank writes
+                     and reads only its own shards (no rank gathers the 8B model and its AdamW
+                     state), and a resume on another number of ranks reshards on load;
+  trainer_state.pt   step, data position, best held-out accuracy, the world size and every rank's
+  RNG state; config.json + weights + tokenizer   the consolidated model (save_pretrained), what
+  sample.py / eval.py load.
+                     Under FSDP it is gathered only when asked (`full_weights`: the final and the
+                     best model).
+Each save goes to PATH.tmp and is renamed into place, so a crash leaves the previous checkpoint
+whole; a Ctrl-C that arrives during a save is held until the save is complete (the collective save
+must not stop half-way).
 """
 import contextlib
 import json
@@ -47,7 +51,8 @@ def ctrl_c_held():
 
 def save(path, model, tok, optimizer, state, rank, full_weights=True):
     """Every rank calls it. state: small picklable dict (step, pos, best, gen = one RNG state per rank, ...).
-    full_weights: also write the consolidated model (gathered onto rank 0's CPU when the model is sharded)."""
+    full_weights: also write the consolidated model (gathered onto rank 0's CPU when the model is
+    sharded)."""
     with ctrl_c_held():  # a Ctrl-C now would stop the ranks' collective save half-way
         path, tmp, old = Path(path), Path(f"{path}.tmp"), Path(f"{path}.old")
         if rank == 0:
@@ -109,9 +114,10 @@ def latest(out):
 
 def resume_point(cfg, may_change=()):
     """The checkpoint to continue from, or None to start afresh. A rerun never destroys a run: with the same
-    settings (up to the keys in may_change, and flags the run's version did not have) it continues; with other
-    settings it stops, naming --resume (continue with the new settings) and how to start over. The
-    checkpoint's trainer state is read here, so that a bad one fails before any model loads."""
+    settings (up to the keys in may_change, and flags the run's version did not have) it
+    continues; with other settings it stops, naming --resume (continue with the new settings) and
+    how to start over. The checkpoint's trainer state is read here, so that a bad one fails
+    before any model loads."""
     import config
     out, mine = Path(cfg.out), config.as_dict(cfg)
     saved, last = saved_config(out), latest(out)

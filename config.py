@@ -4,7 +4,8 @@
   toy    the toy tasks on a CPU (the default for toy tasks)
   paper  the paper's LLaDA-8B setting, App. A.3 and Section 3.1 (the default for the other tasks)
 and each algorithm has its own values inside a preset (`DEFAULTS`). A flag given on the command line
-always wins. `python train.py --help` lists every flag with the value each preset and algorithm gives it.
+always wins. `python train.py --help` lists every flag with the value each preset and algorithm
+gives it.
 """
 import argparse
 import dataclasses
@@ -74,13 +75,13 @@ class Config:
     seed: int = 0
 
 
-# The paper's setting (App. A.3, Section 3.1). Activation checkpointing is on: LLaDA's attention can take
-# the math (unfused) path with padded prompts, and without checkpointing its (b, heads, S, S) scores put the
-# train phase near 80 GB per GPU at prompts of ~550 tokens (tools/memory.py).
+# The paper's setting (App. A.3, Section 3.1). Activation checkpointing is on: LLaDA's attention can
+# take the math (unfused) path with padded prompts, and without checkpointing its (b, heads, S, S)
+# scores put the train phase near 80 GB per GPU at prompts of ~550 tokens (tools/memory.py).
 PAPER = dict(gen_length=512, block_lengths=(128, 512), steps=128, temperature=0.4, prompts_per_update=16,
              lr=7e-7, max_updates=100, eval_batch_size=8, activation_checkpointing=True)
-# What each preset and algorithm changes in Config's defaults. diffu-GRPO's inner_steps also depends on
-# the task's kind (d1: 12 for math, 8 for countdown), and so does CJ-GRPO's: `defaults` adds it.
+# What each preset and algorithm changes in Config's defaults. diffu-GRPO's inner_steps also depends
+# on the task's kind (d1: 12 for math, 8 for countdown), and so does CJ-GRPO's: `defaults` adds it.
 DEFAULTS = {
     ("toy", "mdpo"): {},
     ("toy", "diffu-grpo"): dict(eps=0.5, format_score=0.1, max_updates=12),

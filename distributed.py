@@ -1,7 +1,7 @@
 """Plain torch.distributed for train.py and eval.py: setup, teardown, and the few collectives they use.
 
-torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them a script is one plain process (rank 0 of 1)
-and runs the same code path. Backend nccl on CUDA (each rank on cuda:LOCAL_RANK), gloo on CPU.
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them a script is one plain process (rank 0 of
+1) and runs the same code path. Backend nccl on CUDA (each rank on cuda:LOCAL_RANK), gloo on CPU.
 """
 import collections
 import gc
@@ -27,9 +27,10 @@ def setup_distributed(device=None):
 
 def cleanup_distributed():
     """Tear the process group down, last. Whatever holds it (a DDP or FSDP model) must be gone by now:
-    gloo's destructor joins its worker thread while holding the GIL, and that thread may need the GIL to free
-    its last work item. If a model that still references the group is the one to free it, the two wait on each
-    other forever (seen in CI); destroy_process_group releases the GIL while it waits, so the group must die there.
+    gloo's destructor joins its worker thread while holding the GIL, and that thread may need the
+    GIL to free its last work item. If a model that still references the group is the one to free
+    it, the two wait on each other forever (seen in CI); destroy_process_group releases the GIL
+    while it waits, so the group must die there.
     """
     if dist.is_initialized():
         gc.collect()  # models caught in reference cycles drop the group now, while the registry still holds it
@@ -74,10 +75,11 @@ def pad_micro_batches(items, empty):
     return items + [empty(items[-1])] * (most - len(items))
 
 
-# ----------------------------------------------------------------------------- precision and sharding
+# --------------------------------------------------------------------------- precision and sharding
 def autocast(precision, device):
     """bf16 compute (precision "bf16") around every forward: rollouts, evaluation, reference and training.
-    Weights stay fp32 (the optimiser's master copy); CPU autocast runs bf16 too, so the path is testable here."""
+    Weights stay fp32 (the optimiser's master copy); CPU autocast runs bf16 too, so the path is
+    testable here."""
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -88,7 +90,8 @@ def blocks(model):
 
 def shard(model, precision, reshard_root=False):
     """FSDP2: one unit per block, then the root (which keeps what the blocks do not: embeddings, output layer). Parameters, gradients and optimiser state live sharded; a unit's
-    parameters are gathered in bf16 (precision "bf16") for its forward and backward; gradients reduce in fp32."""
+    parameters are gathered in bf16 (precision "bf16") for its forward and backward; gradients
+    reduce in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if precision == "bf16" else None,
                                   reduce_dtype=torch.float32)
@@ -96,8 +99,9 @@ def shard(model, precision, reshard_root=False):
     for block in blocks(model):  # a block holding a tied weight (BERT's embeddings) stays with the root
         if all(uses[id(q)] == 1 for q in block.parameters()):
             fully_shard(block, mp_policy=policy)
-    # FSDP2 keeps a root's parameters gathered from its forward until its backward; a model that never runs a
-    # backward (the frozen reference) would keep them for good: reshard_root frees them after every forward
+    # FSDP2 keeps a root's parameters gathered from its forward until its backward; a model that
+    # never runs a backward (the frozen reference) would keep them for good: reshard_root frees them
+    # after every forward
     return fully_shard(model, mp_policy=policy, reshard_after_forward=True if reshard_root else None)
 
 

@@ -1,25 +1,30 @@
 """Evaluation: the paper's Table 2 grid and its over-denoising analysis (Table 1, Fig. 3, Section 3.3).
 
-    python eval.py --model out/toy-base/last --task toy-arith --out runs/eval-toy --trajectory-stats   # CPU
-    python eval.py --model GSAI-ML/LLaDA-8B-Instruct --trust-remote-code --task math500 --out runs/llada
-    torchrun --nproc_per_node 8 eval.py ...        # each rank scores examples[rank::8], rank 0 merges
+    python eval.py --model out/toy-base/last --task toy-arith --out runs/eval-toy --trajectory-stats
+    # CPU python eval.py --model GSAI-ML/LLaDA-8B-Instruct --trust-remote-code --task math500 --out
+    runs/llada torchrun --nproc_per_node 8 eval.py ...        # each rank scores examples[rank::8],
+    rank 0 merges
 
-Every (remasking, schedule, block size, steps) setting runs on every example: DIR/samples.jsonl holds one row
-per example and setting (a rerun skips the rows already there), DIR/table.md the accuracies as in Table 2.
-Over-denoised = correct at some intermediate step, wrong at the end: `overdenoised` (Table 1's "w/ inter.
-ans", Section 3.3's filter), `longest_correct_span`, `n_correct_spans` (Fig. 3 left, middle) and
-`first_correct_fraction` (Fig. 3 right, drawn as one histogram per setting in first_correct.png).
+Every (remasking, schedule, block size, steps) setting runs on every example: DIR/samples.jsonl
+holds one row per example and setting (a rerun skips the rows already there), DIR/table.md the
+accuracies as in Table 2. Over-denoised = correct at some intermediate step, wrong at the end:
+`overdenoised` (Table 1's "w/ inter. ans", Section 3.3's filter), `longest_correct_span`,
+`n_correct_spans` (Fig. 3 left, middle) and `first_correct_fraction` (Fig. 3 right, drawn as one
+histogram per setting in first_correct.png).
 
-The protocol (prompts, answer reading) is the authors' by default: see tasks.py. "RCR" in Table 2 is the
-authors' code, which this project calls rcr-latest (a re-predicted position takes its latest confidence);
-the paper's text describes the running maximum, `rcr`. The tables name both (REMASKING_NAMES).
+The protocol (prompts, answer reading) is the authors' by default: see tasks.py. "RCR" in Table 2 is
+the authors' code, which this project calls rcr-latest (a re-predicted position takes its latest
+confidence); the paper's text describes the running maximum, `rcr`. The tables name both
+(REMASKING_NAMES).
 
 Differences from the authors' evaluation (test_llada.py; test_llada_toy_tasks.py for Countdown):
-1. The toy grid scales the paper's 512 / (128, 512) / (64, 128, 256) down to 40 / (10, 40) / (8, 16, 32): T/2, T
-   and 2T of the toy rollouts' T = 16 as the paper's of its 128 (steps must be a multiple of the number of blocks).
-2. Math answers are read from the last closed \\boxed{} only and checked with rewards.math_reward (see rewards.py
-   for how it compares with their math-verify settings).
-3. first_correct_fraction counts steps from 1: first correct at step s of T gives s / T (1.0 = last step).
+1. The toy grid scales the paper's 512 / (128, 512) / (64, 128, 256) down to 40 / (10, 40) / (8, 16,
+   32): T/2, T and 2T of the toy rollouts' T = 16 as the paper's of its 128 (steps must be a
+   multiple of the number of blocks).
+2. Math answers are read from the last closed \\boxed{} only and checked with rewards.math_reward
+   (see rewards.py for how it compares with their math-verify settings).
+3. first_correct_fraction counts steps from 1: first correct at step s of T gives s / T (1.0 = last
+   step).
 """
 import argparse
 import itertools
@@ -44,14 +49,15 @@ REMASKING_NAMES = {"lcr": "LCR (Eq. 9, LLaDA)", "rcr": "RCR, running max (Eq. 10
                    "rcr-latest": "RCR, latest confidence (the authors' code; Table 2's RCR)", "random": "random (Eq. 8)"}
 
 
-# ----------------------------------------------------------------------------- generation and scoring
+# --------------------------------------------------------------------------- generation and scoring
 def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, steps, remasking="lcr",
              schedule="linear", temperature=0.0, top_p=1.0, eoser_gamma_min=None, batch_size=16, mask_id,
              system=None, format_score=0.0, trajectory=False, progress=True, desc=None, generator=None,
              on_batch=None):
     """Generate for every example and score it -> one row per example, in order:
     {"completion", "reward", "correct"} plus "step_rewards" (T floats, r(x_t) of every step) when
-    trajectory=True. on_batch(start, rows), if given, sees each batch's rows as soon as they are scored.
+    trajectory=True. on_batch(start, rows), if given, sees each batch's rows as soon as they are
+    scored.
     """
     device = next(model.parameters()).device
     texts, out = tasks.prompt_texts(task, examples), []
@@ -83,8 +89,9 @@ def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, step
 
 def sharded_accuracy(model, tok, examples, args, mask_id, remasking, block_length, rank, world):
     """Greedy accuracy of a model being trained (train.py's args), each rank scoring examples[rank::world].
-    Returns (accuracy over all ranks, step rewards (N_shard, T) of this rank's shard). Shards are padded to equal
-    length (the padding is not counted), so every rank runs the same forwards (FSDP gathers are collectives)."""
+    Returns (accuracy over all ranks, step rewards (N_shard, T) of this rank's shard). Shards are
+    padded to equal length (the padding is not counted), so every rank runs the same forwards
+    (FSDP gathers are collectives)."""
     shard = examples[rank::world]
     padded = shard + examples[: -(-len(examples) // world) - len(shard)]
     device = next(model.parameters()).device
@@ -146,7 +153,7 @@ def compare(checkpoints, examples, args, rank, world, device):
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------- over-denoising statistics
+# ------------------------------------------------------------------------ over-denoising statistics
 def overdenoised(step_rewards):
     """Correct (reward 1) at some step before the last but wrong at the last. (N, T) -> bool (N,)."""
     correct = step_rewards == 1.0  # (N, T)
@@ -174,7 +181,8 @@ def first_correct_fraction(correct):
 
 def overdenoise_stats(step_rewards):
     """Table 1 and Fig. 3 numbers of one setting from its (N, T) step rewards. Span statistics are over
-    the over-denoised rows (the samples Fig. 3 analyses); their means are nan when there are none."""
+    the over-denoised rows (the samples Fig. 3 analyses); their means are nan when there are
+    none."""
     correct, od = step_rewards == 1.0, overdenoised(step_rewards)  # (N, T), (N,)
     longest, spans = longest_correct_span(correct[od]), n_correct_spans(correct[od])  # (N_od,) each
     mean = lambda v: v.float().mean().item() if len(v) else float("nan")  # noqa: E731
@@ -329,8 +337,9 @@ def parse_args(argv=None):
 
 def grid_defaults(task):
     """Table 2's grid for a task, from train.py's preset (config.py): the rollouts' L and block sizes, and
-    T/2, T, 2T of their T steps (paper: 512, 128 and 512, 64/128/256). The authors' evaluation uses top-p
-    0.95 even when greedy; the toy keeps 1.0 and scores its first 200 problems by default."""
+    T/2, T, 2T of their T steps (paper: 512, 128 and 512, 64/128/256). The authors' evaluation
+    uses top-p 0.95 even when greedy; the toy keeps 1.0 and scores its first 200 problems by
+    default."""
     toy_task = task in tasks.TOY_TASKS
     d = config.defaults("toy" if toy_task else "paper", "mdpo", task)
     return {"gen_length": d["gen_length"], "block_length": ",".join(map(str, d["block_lengths"])),
@@ -341,9 +350,10 @@ def grid_defaults(task):
 def grid(args):
     """The decoding settings to score: remasking x schedule x block size x steps (x EOSER on/off).
 
-    Schedule "ass" decodes one block in floor(log2 L) steps (remask.ass_steps): it gets that one setting
-    per remasking whatever --block-length and --steps say. EOSER's gamma_min defaults to the reference's
-    value for the schedule (0.4, or 0.01 under ASS); the key is left out when EOSER is off."""
+    Schedule "ass" decodes one block in floor(log2 L) steps (remask.ass_steps): it gets that one
+    setting per remasking whatever --block-length and --steps say. EOSER's gamma_min defaults to
+    the reference's value for the schedule (0.4, or 0.01 under ASS); the key is left out when
+    EOSER is off."""
     eosers = {"off": [False], "on": [True], "both": [False, True]}[args.eoser]
     out = []
     for m, sch, on in itertools.product(args.remasking, args.schedule, eosers):

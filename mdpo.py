@@ -11,9 +11,9 @@ Paper -> code
                                                      its log-probs from `token_logp`
 
 Indexing (every file): a rollout has T steps in rollout order s = 0..T-1, noisy -> clean; rewards[:, s] is
-r(prediction of step s), and the all-mask input before step 0 has reward 0. The paper's t counts down:
-rollout step s is paper step t = T - s, which reads x̄_t and produces x_{t-1}.
-Where this differs from the paper or the authors' code: DEVIATIONS.md, "mdpo.py".
+r(prediction of step s), and the all-mask input before step 0 has reward 0. The paper's t counts
+down: rollout step s is paper step t = T - s, which reads x̄_t and produces x_{t-1}. Where this
+differs from the paper or the authors' code: DEVIATIONS.md, "mdpo.py".
 """
 import torch
 import torch.nn.functional as F
@@ -23,10 +23,10 @@ def step_scores(rewards):
     """Eq. 11 (the s_{t,k} of Eq. 6): score of each denoising step from the rewards of its rollout.
 
     rewards: (N, T) float, rewards[:, s] = r(prediction of step s), rollout order (noisy -> clean).
-    score_s = R_s - R_{s-1} + mean(R_{s+1}, ..., R_{T-1}) with R_{-1} = 0 (the all-mask input). The first part
-    rewards improving on the previous, noisier prediction; the second, steering toward clean states that
-    score well. For s = T-1 the mean is empty and we use R_{T-1}, as the authors' code does.
-    Returns (N, T).
+    score_s = R_s - R_{s-1} + mean(R_{s+1}, ..., R_{T-1}) with R_{-1} = 0 (the all-mask input). The
+    first part rewards improving on the previous, noisier prediction; the second, steering toward
+    clean states that score well. For s = T-1 the mean is empty and we use R_{T-1}, as the authors'
+    code does. Returns (N, T).
     """
     N, T = rewards.shape
     prev = torch.cat([torch.zeros_like(rewards[:, :1]), rewards[:, :-1]], dim=1)  # (N, T) R_{s-1}
@@ -41,9 +41,9 @@ def group_advantages(scores, group_size, eps=1e-4):
     """Eq. 6: A_{t,k} = (s_{t,k} - mean_k s_{t,k}) / (std_k s_{t,k} + eps), per step, within each group.
 
     scores: (N, T) step scores, N = prompts * G with the G rollouts of a prompt in contiguous rows.
-    group_size: G (>= 2). std is unbiased (torch's default), as in the official code; eps = 1e-4 as there.
-    A group whose scores at a step are all equal gets A = 0 at that step (nothing to compare).
-    Returns (N, T).
+    group_size: G (>= 2). std is unbiased (torch's default), as in the official code; eps = 1e-4 as
+    there. A group whose scores at a step are all equal gets A = 0 at that step (nothing to
+    compare). Returns (N, T).
     """
     N, T = scores.shape
     if group_size < 2 or N % group_size != 0:
@@ -62,8 +62,8 @@ def select_steps(adv, c=8):
 
     adv: (N, T) advantages; c: steps kept per trajectory (8 in the paper), clamped to T.
     Returns (sel, valid): sel LongTensor (N, c) of step indices by decreasing |A|, ties to the earlier step
-    (stable sort); valid (N, c) bool, False where that step's A is 0: fewer than c steps of the trajectory carry
-    an advantage, and the caller trains on the valid ones only.
+    (stable sort); valid (N, c) bool, False where that step's A is 0: fewer than c steps of the
+    trajectory carry an advantage, and the caller trains on the valid ones only.
     """
     if c < 1:
         raise ValueError(f"mdpo.select_steps: c={c} must be >= 1")
@@ -75,10 +75,10 @@ def select_steps(adv, c=8):
 def token_logp(logits, targets, temperature=1.0):
     """Log-prob of each target token, log p_theta(x_{t-1}^i | x̄_t), under softmax(logits / temperature).
 
-    logits: (B, L, V); targets: (B, L) long. Computed in float32 for stability. Temperature 0 (greedy) is
-    scored at temperature 1: greedy decoding's sampling distribution is a point mass, so we score the
-    untempered model instead. Use the rollout's temperature so the ratio of Eq. 5 is 1 at the first update.
-    Returns (B, L) float32.
+    logits: (B, L, V); targets: (B, L) long. Computed in float32 for stability. Temperature 0
+    (greedy) is scored at temperature 1: greedy decoding's sampling distribution is a point mass, so
+    we score the untempered model instead. Use the rollout's temperature so the ratio of Eq. 5 is 1
+    at the first update. Returns (B, L) float32.
     """
     if temperature < 0:
         raise ValueError(f"mdpo.token_logp: temperature={temperature} must be >= 0")
@@ -94,8 +94,9 @@ def ratio(logp, old_logp):
 def clipped_surrogate(logp, old_logp, adv, eps=0.2):
     """Eq. 5: Z = min(rho * A, clip(rho, 1 - eps, 1 + eps) * A), rho = p_theta / p_theta_old, per token.
 
-    logp, old_logp: (B, L) log-probs of the rollout's tokens under the current and the rollout policy.
-    adv: advantage A of the step, (B, 1) or (B, L). eps: clip range (0.2 in the paper). Returns (B, L).
+    logp, old_logp: (B, L) log-probs of the rollout's tokens under the current and the rollout
+    policy. adv: advantage A of the step, (B, 1) or (B, L). eps: clip range (0.2 in the paper).
+    Returns (B, L).
     """
     rho = ratio(logp, old_logp)  # (B, L)
     return torch.minimum(rho * adv, rho.clamp(1 - eps, 1 + eps) * adv)  # (B, L)
@@ -110,7 +111,8 @@ def clip_fraction(logp, old_logp, adv, mask, eps=0.2):
     """Fraction of the masked tokens whose Eq. 5 minimum is the clipped branch (for logging).
 
     The clipped branch is active where clip(rho) * A < rho * A: its gradient is zero there.
-    logp, old_logp: (B, L); adv: (B, 1) or (B, L); mask: (B, L) bool. Returns a float scalar (0 if mask is empty).
+    logp, old_logp: (B, L); adv: (B, 1) or (B, L); mask: (B, L) bool. Returns a float scalar (0 if
+    mask is empty).
     """
     rho = ratio(logp, old_logp).detach()  # (B, L)
     clipped = (rho.clamp(1 - eps, 1 + eps) * adv < rho * adv) & mask  # (B, L)
@@ -123,12 +125,13 @@ LOSS_NORMS = ("step", "token", "paper")
 def loss_denominators(mask, norm, n_steps, n_tokens, n_rollouts):
     """Eq. 4's normalisation, as the number each trained row's token sum is divided by. Returns (B, 1) float.
 
-    mask (B, L): the masked positions of B trained (rollout, step) rows. n_steps, n_tokens, n_rollouts: the
-    update's trained rows, their masked tokens and its rollouts, over all micro-batches (under DDP, which averages
-    gradients over W ranks: the global counts divided by W). norm:
-      "step"  mean over each step's masked tokens, then over the trained steps (the official code; default)
-      "token" mean over every masked token of the update
-      "paper" Eq. 4 as written: 1/G sum over steps and tokens, i.e. the sum divided by the number of rollouts
+    mask (B, L): the masked positions of B trained (rollout, step) rows. n_steps, n_tokens,
+    n_rollouts: the update's trained rows, their masked tokens and its rollouts, over all
+    micro-batches (under DDP, which averages gradients over W ranks: the global counts divided by
+    W). norm:
+      "step"  mean over each step's masked tokens, then over the trained steps (the official code;
+      default) "token" mean over every masked token of the update "paper" Eq. 4 as written: 1/G sum
+      over steps and tokens, i.e. the sum divided by the number of rollouts
     """
     B = mask.shape[0]
     if norm == "step":
@@ -142,11 +145,12 @@ def mdpo_loss(logp, old_logp, ref_logp, adv, mask, eps=0.2, beta=0.08, denom=Non
     """Eq. 4 negated: -sum over masked positions of (Z - beta * k2) / denom, for B trained (rollout, step) rows.
 
     logp: (B, L) log p_theta(x_{t-1}^i | x̄_t) with grad; old_logp: (B, L) the same under the rollout policy;
-    ref_logp: (B, L) under the frozen reference (None allowed when beta == 0); adv: (B, 1) or (B, L);
-    mask: (B, L) bool, True where x̄_t was masked (the indicator of Eq. 4). eps = 0.2, beta = 0.08 as in
-    the paper. denom: one number per row (B, 1) or a scalar, see `loss_denominators`; the default is its
-    "step" normalisation over these B rows alone: the mean over each row's masked tokens, then over rows.
-    A caller accumulating micro-batches passes the whole update's. An empty mask gives 0. Returns a scalar.
+    ref_logp: (B, L) under the frozen reference (None allowed when beta == 0); adv: (B, 1) or (B,
+    L); mask: (B, L) bool, True where x̄_t was masked (the indicator of Eq. 4). eps = 0.2, beta =
+    0.08 as in the paper. denom: one number per row (B, 1) or a scalar, see `loss_denominators`; the
+    default is its "step" normalisation over these B rows alone: the mean over each row's masked
+    tokens, then over rows. A caller accumulating micro-batches passes the whole update's. An empty
+    mask gives 0. Returns a scalar.
     """
     if beta != 0 and ref_logp is None:
         raise ValueError("mdpo.mdpo_loss: ref_logp is None but beta != 0")
@@ -156,16 +160,18 @@ def mdpo_loss(logp, old_logp, ref_logp, adv, mask, eps=0.2, beta=0.08, denom=Non
     if denom is None:
         denom = loss_denominators(mask, "step", mask.shape[0], None, None)  # (B, 1)
     denom = torch.as_tensor(denom, dtype=per_token.dtype, device=per_token.device).clamp(min=1)
-    # torch.where, not a product with the mask, so a non-finite value at an unmasked position cannot leak in.
+    # torch.where, not a product with the mask, so a non-finite value at an unmasked position cannot
+    # leak in.
     return -(torch.where(mask, per_token, torch.zeros_like(per_token)) / denom).sum()
 
 
 def sft_noise(x0, maskable, mask_id, generator=None, eps=1e-3):
     """Eq. 1's masking function gamma~(x0, tau): draw tau ~ U(0, 1) per row, then mask every maskable token
-    independently with probability p_mask = (1 - eps) * tau + eps (eps keeps 1 / p_mask finite, as LLaDA).
+    independently with probability p_mask = (1 - eps) * tau + eps (eps keeps 1 / p_mask finite, as
+    LLaDA).
 
-    x0: (B, L) long, clean sequences; maskable: (B, L) bool, True on the answer (never the prompt; LLaDA
-    counts the EOS padding of the answer as answer). generator draws tau (B,), then u (B, L).
+    x0: (B, L) long, clean sequences; maskable: (B, L) bool, True on the answer (never the prompt;
+    LLaDA counts the EOS padding of the answer as answer). generator draws tau (B,), then u (B, L).
     Returns x_tau (B, L) with [MASK] at the masked positions, masked (B, L) bool, p_mask (B, 1).
     """
     B, L = x0.shape
@@ -179,10 +185,10 @@ def sft_noise(x0, maskable, mask_id, generator=None, eps=1e-3):
 def masked_diffusion_loss(logits, x0, masked, p_mask, maskable):
     """Eq. 1, LLaDA's SFT objective: the cross-entropy of the masked tokens weighted by 1 / tau.
 
-    logits: (B, L, V), the model on x_tau from `sft_noise`; x0: (B, L) the clean tokens; masked: (B, L) bool;
-    p_mask: (B, 1) the masking probability tau of each row; maskable: (B, L) bool. Per row: the sum over
-    masked tokens of CE / p_mask, divided by the row's number of maskable tokens (LLaDA's SFT normalises by
-    the answer length); then the mean over rows. Returns a scalar.
+    logits: (B, L, V), the model on x_tau from `sft_noise`; x0: (B, L) the clean tokens; masked: (B,
+    L) bool; p_mask: (B, 1) the masking probability tau of each row; maskable: (B, L) bool. Per row:
+    the sum over masked tokens of CE / p_mask, divided by the row's number of maskable tokens
+    (LLaDA's SFT normalises by the answer length); then the mean over rows. Returns a scalar.
     """
     ce = -token_logp(logits, x0)  # (B, L)
     weighted = torch.where(masked, ce / p_mask, torch.zeros_like(ce))  # (B, L)

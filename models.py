@@ -16,9 +16,9 @@ import toy
 def check_model_path(name_or_path, mask_id=None):
     """Fail at once, naming the path, for a --model that cannot load.
 
-    A directory must hold config.json (else we name the checkpoints below it); a file is not a model;
-    --mask-id must lie inside the vocabulary. A name of one or two parts that is not a local path
-    ("GSAI-ML/LLaDA-8B-Instruct") is taken for a hub id and left to transformers.
+    A directory must hold config.json (else we name the checkpoints below it); a file is not a
+    model; --mask-id must lie inside the vocabulary. A name of one or two parts that is not a local
+    path ("GSAI-ML/LLaDA-8B-Instruct") is taken for a hub id and left to transformers.
     """
     path = Path(name_or_path)
     if path.is_file():
@@ -40,11 +40,12 @@ def check_model_path(name_or_path, mask_id=None):
 def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_code=False, shifted_logits=None):
     """(model, tokenizer), the model in eval mode: a toy checkpoint or any HF masked diffusion LM.
 
-    An encoder with a masked-LM head (ModernBERT chat models, BERT) loads through AutoModelForMaskedLM.
-    LLaDA-8B-Instruct and Dream ship their own modelling code: they load only with trust_remote_code=True,
-    and register AutoModel only, so we fall back to AutoModel when AutoModelForMaskedLM does not know them.
-    shifted_logits: True for a model that predicts token i from position i - 1 (`uses_shifted_logits`);
-    it is written into the model's config, so a checkpoint saved from it remembers it.
+    An encoder with a masked-LM head (ModernBERT chat models, BERT) loads through
+    AutoModelForMaskedLM. LLaDA-8B-Instruct and Dream ship their own modelling code: they load only
+    with trust_remote_code=True, and register AutoModel only, so we fall back to AutoModel when
+    AutoModelForMaskedLM does not know them. shifted_logits: True for a model that predicts token i
+    from position i - 1 (`uses_shifted_logits`); it is written into the model's config, so a
+    checkpoint saved from it remembers it.
     """
     check_model_path(str(name_or_path))
     if (Path(name_or_path) / "toy_tokenizer.json").exists():
@@ -85,8 +86,8 @@ def uses_shifted_logits(model):
 
 def logits(model, x, attention_mask=None):
     """The model's logits (B, S, V) for the input x (B, S), position i predicting token i: what the
-    sampler, every RL log-prob and the SFT loss read. A model with shifted logits has its logits moved
-    one position right here (position 0 keeps its own, as Dream does)."""
+    sampler, every RL log-prob and the SFT loss read. A model with shifted logits has its logits
+    moved one position right here (position 0 keeps its own, as Dream does)."""
     out = model(x, attention_mask=attention_mask).logits  # (B, S, V)
     if uses_shifted_logits(model):
         out = torch.cat([out[:, :1], out[:, :-1]], 1)  # (B, S, V) position i <- logits of i - 1
@@ -106,7 +107,8 @@ def resolve_mask_id(tokenizer, model, mask_id=None):
 def encode_prompts(tokenizer, texts, system=None):
     """Token ids of a batch of prompts, left-padded -> (ids (B, P), attention_mask (B, P)).
 
-    A tokenizer with a chat template wraps each text as one user turn (after a system turn, if given).
+    A tokenizer with a chat template wraps each text as one user turn (after a system turn, if
+    given).
     """
     rows = []
     for text in texts:

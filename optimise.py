@@ -1,6 +1,6 @@
 """What every RL update shares once its rollouts are scored: the micro-batches (`MicroBatch`) and the
-accumulate-then-step machinery, PPO-style over mu inner steps (`policy_steps`: `fix_log_probs`, `backward`,
-`apply_gradients`), plus the few sums over ranks the normalisers need.
+accumulate-then-step machinery, PPO-style over mu inner steps (`policy_steps`: `fix_log_probs`,
+`backward`, `apply_gradients`), plus the few sums over ranks the normalisers need.
 """
 import contextlib
 import dataclasses
@@ -20,11 +20,12 @@ import models
 class MicroBatch:
     """What one forward/backward trains on: b rows, each a model input and the tokens it is scored on.
 
-    inputs: the model input (b, P + L) of each inner step, indexed by step % len(inputs) (MDPO: x̄_t for
-    every step; diffu-GRPO: one perturbed input per step). attention_mask (b, P + L); targets (b, L) the
-    tokens scored; loss_mask (b, L) bool, the tokens in the loss; adv (b, 1); prompt_len P. old_logp and
-    ref_logp: filled by `policy_steps`, one (b, L) tensor per input. denom (b, 1): what each row's token
-    sum is divided by, when the algorithm fixes it per row (CJ-GRPO: its step's normaliser)."""
+    inputs: the model input (b, P + L) of each inner step, indexed by step % len(inputs) (MDPO:
+    x̄_t for every step; diffu-GRPO: one perturbed input per step). attention_mask (b, P + L);
+    targets (b, L) the tokens scored; loss_mask (b, L) bool, the tokens in the loss; adv (b, 1);
+    prompt_len P. old_logp and ref_logp: filled by `policy_steps`, one (b, L) tensor per input.
+    denom (b, 1): what each row's token sum is divided by, when the algorithm fixes it per row
+    (CJ-GRPO: its step's normaliser)."""
     inputs: list
     attention_mask: torch.Tensor
     targets: torch.Tensor
@@ -49,16 +50,16 @@ def policy_logp(model, batch, i, temperature):
     return mdpo.token_logp(logits, batch.targets, temperature)  # (b, L)
 
 
-# ----------------------------------------------------------------------------- accumulate, then step
+# ---------------------------------------------------------------------------- accumulate, then step
 def policy_steps(policy, reference, optimizer, batches, loss_fn, cfg, temperature, has_signal):
     """cfg.inner_steps optimiser steps over the same micro-batches, PPO-style.
 
     loss_fn(batch, logp, old_logp, ref_logp) -> (loss divided by the update's normaliser, KL estimator).
-    old_logp: at mu = 1 the ratio of Eq. 5 is 1 and old_logp = logp.detach() (the paper's code); at mu > 1
-    it is computed once, before the first step, with the training forward itself, so the first ratio is
-    exactly 1. temperature: the one the log-probs are scored at (MDPO: the rollout's, so that the ratio is
-    1 at the first update; d1: 1). has_signal: False when no advantage anywhere on any rank is non-zero:
-    then nothing is trained (returns {"no_signal": True}).
+    old_logp: at mu = 1 the ratio of Eq. 5 is 1 and old_logp = logp.detach() (the paper's code); at
+    mu > 1 it is computed once, before the first step, with the training forward itself, so the
+    first ratio is exactly 1. temperature: the one the log-probs are scored at (MDPO: the rollout's,
+    so that the ratio is 1 at the first update; d1: 1). has_signal: False when no advantage anywhere
+    on any rank is non-zero: then nothing is trained (returns {"no_signal": True}).
     """
     device = next(policy.parameters()).device
     if not any_rank(has_signal, device):
@@ -101,10 +102,12 @@ def fix_log_probs(policy, reference, batches, cfg, temperature):
 
 def backward(policy, batches, loss_of, cfg):
     """Forward and backward every micro-batch; gradients add up. loss_of(batch) -> (loss, KL sum, clipped
-    tokens, tokens). Returns those summed over micro-batches and ranks (the loss averaged over ranks).
+    tokens, tokens). Returns those summed over micro-batches and ranks (the loss averaged over
+    ranks).
 
-    DDP all-reduces the gradients on the last micro-batch only (no_sync before it). FSDP reduce-scatters
-    after every micro-batch, so a rank holds its gradient shard, never the full model's gradients.
+    DDP all-reduces the gradients on the last micro-batch only (no_sync before it). FSDP
+    reduce-scatters after every micro-batch, so a rank holds its gradient shard, never the full
+    model's gradients.
     """
     ddp = isinstance(policy, DDP)
     device = next(policy.parameters()).device
@@ -141,7 +144,8 @@ def world_size():
 
 def per_rank_share(counts, device):
     """Counts summed over ranks, divided by the world size W: the normaliser each rank divides its loss by,
-    since DDP and FSDP average the ranks' gradients (sum over ranks of loss_r / (total / W), over W)."""
+    since DDP and FSDP average the ranks' gradients (sum over ranks of loss_r / (total / W), over
+    W)."""
     return [c / world_size() for c in distributed.all_sum(counts, device)]
 
 

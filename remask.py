@@ -12,9 +12,9 @@ Paper -> code
 
 Time: the paper's t counts down from T (all masked) to 0 (all revealed). In code a rollout has steps
 s = 0..T-1 in rollout order (noisy -> clean); step s is the paper's step t = T - s and produces x_{t-1}.
-Where this differs from the paper, LLaDA and the authors' code: DEVIATIONS.md, "remask.py" (two forms of
-Eq. 7 for exact ties, phi as the revealed share, RCR's running max vs the authors' latest confidence,
-scores as -p instead of 1 - p).
+Where this differs from the paper, LLaDA and the authors' code: DEVIATIONS.md, "remask.py" (two
+forms of Eq. 7 for exact ties, phi as the revealed share, RCR's running max vs the authors' latest
+confidence, scores as -p instead of 1 - p).
 """
 
 import math
@@ -48,11 +48,13 @@ def phi(name, t, T):
 def official_linear_counts(L, T):
     """Eq. 13 (linear) as the official code counts it: tokens revealed by each of T steps. Returns (T,) long, sum L.
 
-    From autonomousvision/mdpo, src/llada/generate.py, get_num_transfer_tokens_maskgit(mode="linear"),
-    which the official sampler (src/mdlm_generation_utils.py, diffusion_generate) uses for RCR: after step s
-    the still-masked count is floor(L * max(1 - (s + 1) / T, 1e-6)) in float64. When T does not divide L the
-    extra tokens fall where the floors jump (L = 32, T = 10: 4,3,3,3,3,4,3,3,3,3; LLaDA gives the first
-    steps one each: 4,4,3,...), and float rounding moves tokens even when T divides L (L = T = 5: 1,1,1,2,0).
+    From autonomousvision/mdpo, src/llada/generate.py,
+    get_num_transfer_tokens_maskgit(mode="linear"), which the official sampler
+    (src/mdlm_generation_utils.py, diffusion_generate) uses for RCR: after step s the still-masked
+    count is floor(L * max(1 - (s + 1) / T, 1e-6)) in float64. When T does not divide L the extra
+    tokens fall where the floors jump (L = 32, T = 10: 4,3,3,3,3,4,3,3,3,3; LLaDA gives the first
+    steps one each: 4,4,3,...), and float rounding moves tokens even when T divides L (L = T = 5:
+    1,1,1,2,0).
     """
     still_masked = [math.floor(L * max(1 - (s + 1) / T, 1e-6)) for s in range(T)]  # after step s
     revealed = torch.tensor([L - n for n in still_masked])  # (T,)
@@ -62,10 +64,10 @@ def official_linear_counts(L, T):
 def tokens_per_step(L, T, schedule="linear"):
     """Eq. 13 -> how many tokens each of the T steps reveals, in rollout order. Returns (T,) long, sum L.
 
-    linear: LLaDA's rule, L // T per step with the remainder L % T given one each to the first steps.
-    linear-official: the official MDPO code's rule, `official_linear_counts`.
-    ass: Ascending Step-Size decoding, `ascending_step_sizes`.
-    others: differences of the cumulative revealed counts floor(phi(t, T) * L); the last step reveals the rest.
+    linear: LLaDA's rule, L // T per step with the remainder L % T given one each to the first
+    steps. linear-official: the official MDPO code's rule, `official_linear_counts`. ass: Ascending
+    Step-Size decoding, `ascending_step_sizes`. others: differences of the cumulative revealed
+    counts floor(phi(t, T) * L); the last step reveals the rest.
     """
     if T < 1 or L < 0:
         raise ValueError(f"need T >= 1 and L >= 0, got L={L}, T={T}")
@@ -85,12 +87,13 @@ def tokens_per_step(L, T, schedule="linear"):
 
 def ascending_step_sizes(L, T):
     """ASS (Ascending Step-Size; EOSER-ASS-RL eval/generate.py, get_num_transfer_tokens_ass): step s reveals
-    2^s tokens and the last step the rest, few while the model is unsure, many once the canvas has structure.
+    2^s tokens and the last step the rest, few while the model is unsure, many once the canvas has
+    structure.
 
     The reference runs T = floor(log2 L) steps (sample.py checks it): L = 256 -> 1, 2, 4, ..., 64, 129. We
-    also cap a step at what is left, so fewer free tokens (hints placed in the canvas) still sum to L.
-    Returns (T,) long, sum L. (The reference's docstrings say 2^s - 1 per block "+ last eos token"; its code
-    does what we do.)"""
+    also cap a step at what is left, so fewer free tokens (hints placed in the canvas) still sum
+    to L. Returns (T,) long, sum L. (The reference's docstrings say 2^s - 1 per block "+ last eos
+    token"; its code does what we do.)"""
     counts, left = [], L
     for s in range(T - 1):
         counts.append(min(2 ** s, left))
@@ -105,12 +108,14 @@ def ass_steps(L):
 
 def eoser_gamma(s, T, gamma_min, ramp="linear"):
     """EOS Early Rejection's factor gamma_s at step s of T (EOSER-ASS-RL eval/generate.py, `sampling` and
-    `ass_sampling`): the confidence of a position whose predicted token is EOS is multiplied by gamma_s.
+    `ass_sampling`): the confidence of a position whose predicted token is EOS is multiplied by
+    gamma_s.
 
     linear: gamma_min -> 1 evenly over the steps, gamma_min + (1 - gamma_min) s / (T - 1) (T = 128,
-    gamma_min = 0.01: 0.01, 0.26, 0.51, 0.76, 1.0 at s = 0, 32, 64, 96, 127). ass: it follows the share
-    of the canvas decoded once step s is done, gamma_min + (1 - gamma_min) (2^{s+1} - 1) / 2^T (T = 8:
-    0.014, 0.022, ..., 0.501, 0.996). s counts over the whole generation, also in semi-AR decoding."""
+    gamma_min = 0.01: 0.01, 0.26, 0.51, 0.76, 1.0 at s = 0, 32, 64, 96, 127). ass: it follows the
+    share of the canvas decoded once step s is done, gamma_min + (1 - gamma_min) (2^{s+1} - 1) /
+    2^T (T = 8: 0.014, 0.022, ..., 0.501, 0.996). s counts over the whole generation, also in
+    semi-AR decoding."""
     if ramp == "ass":
         share = (2 ** (s + 1) - 1) / 2 ** T
     else:
@@ -123,8 +128,9 @@ EOSER_GAMMA_MIN = {"linear": 0.4, "ass": 0.01}  # the reference's defaults: unif
 
 def eos_early_rejection(conf, x_pred, eos_id, gamma):
     """EOSER: the ranking confidence (B, L) of positions predicting EOS times gamma; the tokens and the logits
-    are unchanged. A low gamma ranks an early EOS below the other candidates, so it stays masked and is
-    predicted again later instead of filling the canvas with EOS from the right. Returns (B, L)."""
+    are unchanged. A low gamma ranks an early EOS below the other candidates, so it stays masked
+    and is predicted again later instead of filling the canvas with EOS from the right. Returns
+    (B, L)."""
     return torch.where(x_pred == eos_id, gamma * conf, conf)
 
 
@@ -174,11 +180,12 @@ def remask(x_bar, x_pred, m, candidates, n_mask, mask_id):
 
 def unmask(x_bar, x_pred, m, candidates, n_keep, mask_id):
     """Eq. 7 seen from the kept side, as LLaDA selects: among the candidate positions the n_keep with the
-    lowest masking score m take x_pred, the other candidates get [MASK], and non-candidates keep x_bar.
+    lowest masking score m take x_pred, the other candidates get [MASK], and non-candidates keep
+    x_bar.
 
-    The same as remask(..., n_mask = candidates per row - n_keep) except when scores tie at the boundary.
-    x_bar, x_pred, m, candidates (B, L) as in `remask`, at least n_keep candidates per row (n_keep an int or
-    (B,) long). Returns (B, L).
+    The same as remask(..., n_mask = candidates per row - n_keep) except when scores tie at the
+    boundary. x_bar, x_pred, m, candidates (B, L) as in `remask`, at least n_keep candidates per row
+    (n_keep an int or (B,) long). Returns (B, L).
     """
     keep = top_n(torch.where(candidates, -m, -math.inf), n_keep)  # (B, L) the n_keep lowest m
     masked_back = torch.full_like(x_bar, mask_id)  # (B, L)
@@ -187,8 +194,8 @@ def unmask(x_bar, x_pred, m, candidates, n_keep, mask_id):
 
 def top_n(score, n):
     """(B, L) bool, True at the n highest scores of each row, chosen by torch.topk as LLaDA does (so that
-    exact ties break the same way). n: an int, or a (B,) tensor when rows differ (then one row at a time,
-    LLaDA's own loop)."""
+    exact ties break the same way). n: an int, or a (B,) tensor when rows differ (then one row at
+    a time, LLaDA's own loop)."""
     chosen = torch.zeros_like(score, dtype=torch.bool)  # (B, L)
     if torch.is_tensor(n):
         for b, n_b in enumerate(n.tolist()):

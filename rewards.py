@@ -7,9 +7,9 @@ are binary, as in the paper (App. C.1: "we only use the binary rewards").
 - Math (MATH-500, toy-arith) → `math_reward`: 1.0 if the content of the last closed \\boxed{...}
   equals the gold answer (by string after normalisation, else by math-verify), otherwise 0.0, also
   when there is no closed box: a cut-off box or a number somewhere in the reasoning earns nothing.
-- Countdown (countdown, toy-countdown) → `countdown_reward`: 1.0 if the final answer, the last closed
-  \\boxed{...} or the last <answer>...</answer> (whichever starts later), is an expression over
-  + - * / ( ) that uses every given number exactly once and equals the target; else 0.0.
+- Countdown (countdown, toy-countdown) → `countdown_reward`: 1.0 if the final answer, the last
+  closed \\boxed{...} or the last <answer>...</answer> (whichever starts later), is an expression
+  over + - * / ( ) that uses every given number exactly once and equals the target; else 0.0.
   `format_score=0.1` gives d1's scheme: a wrong answer earns 0.1 when the text has an answer tag.
 - Intermediate rewards → `score_trajectory`: r(x_t) for every rollout n and step s, memoised per
   rollout on what the reward reads (`final_answer`).
@@ -18,8 +18,8 @@ are binary, as in the paper (App. C.1: "we only use the binary rewards").
   and "crash" (requests whose worker died or did not start: reward 0.0).
 
 Where this differs from the reference implementations (d1, the authors', TinyZero): DEVIATIONS.md,
-"rewards.py" (the last closed box only, countdown without `eval`, math-verify in a worker interpreter with
-a time limit, intermediate rewards memoised on the final answer).
+"rewards.py" (the last closed box only, countdown without `eval`, math-verify in a worker
+interpreter with a time limit, intermediate rewards memoised on the final answer).
 """
 import ast
 import atexit

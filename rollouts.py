@@ -1,6 +1,6 @@
 """Sampling the group of an RL update: G rollouts of each prompt with sample.generate on this rank, in
-Section 3.4's mixture of block sizes; with their trajectories (MDPO, CJ-GRPO) or without (d1, IGPO); and
-IGPO's second try of a group, with hints of the reference solution written into the canvas.
+Section 3.4's mixture of block sizes; with their trajectories (MDPO, CJ-GRPO) or without (d1, IGPO);
+and IGPO's second try of a group, with hints of the reference solution written into the canvas.
 """
 from dataclasses import dataclass
 
@@ -17,8 +17,9 @@ import tasks
 class Group:
     """G rollouts of each prompt, the G of a prompt in contiguous rows (N = prompts * G).
 
-    prompt_ids (N, P) left-padded; attention_mask (N, P + L); completions (N, L); x_bar, x_pred (T, N, L)
-    the recorded trajectory (None without record); examples: the N examples, one per row."""
+    prompt_ids (N, P) left-padded; attention_mask (N, P + L); completions (N, L); x_bar, x_pred
+    (T, N, L) the recorded trajectory (None without record); examples: the N examples, one per
+    row."""
     prompt_ids: torch.Tensor
     attention_mask: torch.Tensor
     completions: torch.Tensor
@@ -29,7 +30,8 @@ class Group:
 
 def sample_group(policy, tokenizer, examples, cfg, mask_id, generator, update, record):
     """G rollouts of each example at cfg.temperature with the authors' "sampling" confidence. Block sizes
-    alternate over groups (Section 3.4's mixture of semi-AR and pure-Diff), shifted by the update index."""
+    alternate over groups (Section 3.4's mixture of semi-AR and pure-Diff), shifted by the update
+    index."""
     model = policy.module if isinstance(policy, DDP) else policy
     G, device = cfg.group_size, next(model.parameters()).device
     ids, attn = models.encode_prompts(tokenizer, tasks.prompt_texts(cfg.task, examples))  # (n, P) each
@@ -63,8 +65,8 @@ def sample_group(policy, tokenizer, examples, cfg, mask_id, generator, update, r
 
 def sample_with_canvas(policy, group, rows, canvas, cfg, mask_id, generator, index):
     """IGPO's retry of the group's rows (G of them) from canvases (G, L) that hold hint tokens: generate
-    fills the [MASK] positions and never touches the hints. The block size is the group's own (the index
-    `sample_group` gave it). Returns the completions (G, L)."""
+    fills the [MASK] positions and never touches the hints. The block size is the group's own
+    (the index `sample_group` gave it). Returns the completions (G, L)."""
     model = policy.module if isinstance(policy, DDP) else policy
     device, P = group.prompt_ids.device, group.prompt_ids.shape[1]
     block = cfg.block_lengths[index % len(cfg.block_lengths)]

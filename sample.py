@@ -3,15 +3,15 @@
 `generate` starts from an all-[MASK] completion and repeats T times:
   1. predict: x_{t-1} ~ p_theta(. | x̄_t), one model forward          -> `predict_masked`, `predict`
   2. remask:  x̄_{t-1} = gamma(x_{t-1}, t), Eq. 7 with Eq. 8, 9 or 10  -> `remask_step` (remask.py)
-With record=True it also returns the `Trajectory` MDPO trains on (Eq. 3): every state x̄_t fed to the
-model and every full prediction x_{t-1}. pure-Diff is block_length == gen_length; semi-AR denoises
-blocks left to right, steps // n_blocks steps each, as LLaDA's generate.py.
+With record=True it also returns the `Trajectory` MDPO trains on (Eq. 3): every state x̄_t fed to
+the model and every full prediction x_{t-1}. pure-Diff is block_length == gen_length; semi-AR
+denoises blocks left to right, steps // n_blocks steps each, as LLaDA's generate.py.
 
-Greedy LCR is token-identical to LLaDA's generate.py and rcr-latest to the authors' sampler, exact ties
-included (tests/test_sample.py); where the code departs from either: DEVIATIONS.md, "sample.py".
-Two optimisations keep that exactness and are isolated below the loop: the output layer runs on the
-positions a step needs only (`split_output_layer`, `head_on_rows`), and sampling inverts the CDF
-instead of drawing Gumbel noise over the vocabulary (`categorical`).
+Greedy LCR is token-identical to LLaDA's generate.py and rcr-latest to the authors' sampler, exact
+ties included (tests/test_sample.py); where the code departs from either: DEVIATIONS.md,
+"sample.py". Two optimisations keep that exactness and are isolated below the loop: the output layer
+runs on the positions a step needs only (`split_output_layer`, `head_on_rows`), and sampling inverts
+the CDF instead of drawing Gumbel noise over the vocabulary (`categorical`).
 
     python sample.py --model out/toy-countdown-base/last --prompt "nums 3 5 7 -> 22" --remasking rcr --show
 """
@@ -40,8 +40,8 @@ class Trajectory:
     x_bar (T, B, L): the state fed to the model at step s (the paper's x̄_t, t = T - s).
     x_pred (T, B, L): its full prediction x_{t-1} (revealed positions keep their token).
     conf (T, B, L): the confidence that ordered the remasking (1 where x_bar was revealed).
-    logp (T, B, L): log-probability of the token under the distribution it was drawn from (0 where revealed).
-    prompt (B, P); attention_mask (B, P + L) or None.
+    logp (T, B, L): log-probability of the token under the distribution it was drawn from (0 where
+    revealed). prompt (B, P); attention_mask (B, P + L) or None.
     """
     x_bar: torch.Tensor
     x_pred: torch.Tensor
@@ -57,15 +57,16 @@ def generate(model, prompt_ids, *, attention_mask=None, gen_length=128, block_le
              eoser_gamma_min=None, eos_id=None, canvas=None, mask_id, record=False, generator=None):
     """Denoise gen_length tokens after prompt_ids (B, P), left-padded when attention_mask (B, P) is given.
 
-    remasking: "lcr" (Eq. 9, LLaDA), "rcr" (Eq. 10, running max), "rcr-latest" (the authors' RCR code),
-    "random" (Eq. 8). schedule: how many tokens each step reveals (remask.COUNTS: Eq. 13's, "ass");
-    None = "linear-official" for rcr-latest, else "linear" (LLaDA). temperature 0 is greedy; top_p < 1
-    samples from the nucleus. confidence: "model" = softmax(logits) (LLaDA) or "sampling" = the
-    probability under the tempered nucleus it was drawn from (authors' code); None = "sampling" for
-    rcr-latest, else "model". cfg_scale > 0: classifier-free guidance. eoser_gamma_min: EOS Early
-    Rejection of the EOS token eos_id (None = off). canvas (B, L): the completion to start from, [MASK]
-    where free; its other tokens are fixed (IGPO's hints): never remasked, not counted in the schedule.
-    Returns x (B, P + L), and the Trajectory when record=True.
+    remasking: "lcr" (Eq. 9, LLaDA), "rcr" (Eq. 10, running max), "rcr-latest" (the authors' RCR
+    code), "random" (Eq. 8). schedule: how many tokens each step reveals (remask.COUNTS: Eq. 13's,
+    "ass"); None = "linear-official" for rcr-latest, else "linear" (LLaDA). temperature 0 is greedy;
+    top_p < 1 samples from the nucleus. confidence: "model" = softmax(logits) (LLaDA) or "sampling"
+    = the probability under the tempered nucleus it was drawn from (authors' code); None =
+    "sampling" for rcr-latest, else "model". cfg_scale > 0: classifier-free guidance.
+    eoser_gamma_min: EOS Early Rejection of the EOS token eos_id (None = off). canvas (B, L): the
+    completion to start from, [MASK] where free; its other tokens are fixed (IGPO's hints): never
+    remasked, not counted in the schedule. Returns x (B, P + L), and the Trajectory when
+    record=True.
     """
     official = remasking == "rcr-latest"
     schedule = schedule or ("linear-official" if official else "linear")
@@ -111,8 +112,9 @@ def generate(model, prompt_ids, *, attention_mask=None, gen_length=128, block_le
 
 def block_counts(block, n_steps, schedule):
     """How many tokens each of the block's n_steps reveals: tokens_per_step of its free positions block
-    (B, S) bool. A list of ints when every row has as many free positions (the usual case), else a list of
-    (B,) tensors, one count per row (a canvas with hints), which remask.top_n takes row by row."""
+    (B, S) bool. A list of ints when every row has as many free positions (the usual case), else
+    a list of (B,) tensors, one count per row (a canvas with hints), which remask.top_n takes row
+    by row."""
     n_free = block.sum(1)  # (B,)
     if (n_free == n_free[0]).all():
         return tokens_per_step(int(n_free[0]), n_steps, schedule).tolist()
@@ -150,8 +152,8 @@ def remask_step(remasking, x, x_pred, conf, running, masked, in_reach, n_reveal,
     confidence (B, S).
 
     LCR and random reveal n_reveal of this step's masked positions in reach and keep the rest masked
-    (`remask.unmask`, LLaDA's selection). RCR updates the running confidence where it predicted, then
-    remasks, among *all* generated positions in reach, the n_still_due with the lowest running
+    (`remask.unmask`, LLaDA's selection). RCR updates the running confidence where it predicted,
+    then remasks, among *all* generated positions in reach, the n_still_due with the lowest running
     confidence (`remask.remask`): a token revealed earlier can be masked again.
     """
     if remasking in ("rcr", "rcr-latest"):
@@ -185,11 +187,12 @@ def predict_masked(model, x, attention_mask, need, prompt_len, cfg_scale, temper
 def predict(logits, temperature, mask_id, generator=None, top_p=1.0, confidence="model"):
     """Draw x_{t-1} from q = softmax(nucleus(logits / temperature)); greedy (argmax) at temperature 0.
 
-    logits (n, V) float32, overwritten in place (pass a fresh tensor: this saves a copy of the largest
-    tensor of a step). [MASK] is never drawn: a revealed [MASK] could not be told from a masked position.
-    Returns tokens (n,), conf (n,) and logp (n,): logp = log q(token), the distribution drawn from
-    (temperature 1 when greedy); conf = q(token) for confidence "sampling" (the authors' code) or
-    softmax(logits)(token) for "model" (LLaDA). At temperature 0 without top-p the two agree.
+    logits (n, V) float32, overwritten in place (pass a fresh tensor: this saves a copy of the
+    largest tensor of a step). [MASK] is never drawn: a revealed [MASK] could not be told from a
+    masked position. Returns tokens (n,), conf (n,) and logp (n,): logp = log q(token), the
+    distribution drawn from (temperature 1 when greedy); conf = q(token) for confidence "sampling"
+    (the authors' code) or softmax(logits)(token) for "model" (LLaDA). At temperature 0 without
+    top-p the two agree.
     """
     z = logits.index_fill_(-1, torch.tensor([mask_id], device=logits.device), -torch.inf)  # (n, V)
     tempered = temperature > 0 or top_p < 1
@@ -213,7 +216,7 @@ def nucleus(logits, top_p):
     return logits.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), -torch.inf)
 
 
-# ----------------------------------------------------------------------------- classifier-free guidance
+# ------------------------------------------------------------------------- classifier-free guidance
 def with_unconditional_copy(x, attention_mask, prompt_len, mask_id):
     """LLaDA's classifier-free guidance input: x (B, S) stacked on a copy whose prompt is all [MASK].
     Returns (x (2B, S), attention mask (2B, S) or None)."""
@@ -228,7 +231,7 @@ def guided(cond, uncond, cfg_scale):
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
 
-# ----------------------------------------------------------------------------- the output layer on some rows
+# -------------------------------------------------------------------- the output layer on some rows
 ROWS = 16  # fewest rows per output-layer matmul (`head_on_rows`)
 CHUNK_ELEMENTS = 2 ** 22  # logits predicted at once: (rows, V) <= 16 MiB in float32
 
@@ -238,9 +241,10 @@ def row_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id):
     positions rows (n,) of x, with guidance applied when cfg_scale > 0.
 
     A step needs the logits of its masked positions only (up to the block's end unless recording): a
-    fraction of the (B, S, V) tensor, whose output layer dominates a step of a narrow model with a large
-    vocabulary. When the model exposes its output layer (`split_output_layer`), the forward stops before
-    that layer and it runs on the requested rows alone; otherwise we index the full logits.
+    fraction of the (B, S, V) tensor, whose output layer dominates a step of a narrow model with a
+    large vocabulary. When the model exposes its output layer (`split_output_layer`), the forward
+    stops before that layer and it runs on the requested rows alone; otherwise we index the full
+    logits.
     """
     x_in, mask_in = (x, attention_mask) if cfg_scale <= 0 else with_unconditional_copy(
         x, attention_mask, prompt_len, mask_id)
@@ -268,10 +272,11 @@ def row_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id):
 
 def split_output_layer(model):
     """The model's output layer (hidden -> V logits, a plain nn.Linear) when the model declares that its
-    logits are exactly that layer applied to `model(..., hidden_only=True).hidden_states`, else None.
+    logits are exactly that layer applied to `model(..., hidden_only=True).hidden_states`, else
+    None.
 
-    The toy model declares it (`hidden_before_output_layer`); an HF model does not, and runs in full, as
-    does a model with shifted logits (models.logits moves them).
+    The toy model declares it (`hidden_before_output_layer`); an HF model does not, and runs in
+    full, as does a model with shifted logits (models.logits moves them).
     """
     if not getattr(model, "hidden_before_output_layer", False) or models.uses_shifted_logits(model):
         return None
@@ -282,9 +287,9 @@ def split_output_layer(model):
 def head_on_rows(head, hidden, rows):
     """head(hidden[rows]) -> (n, V), bit-identical to the same rows of head(hidden) over all rows.
 
-    Exactness: a BLAS computes a row of a matmul with the same bits whatever the other rows, except for
-    very few rows (with torch 2.13 on an x86 CPU, 1-3, 5-7 and 9-11 rows take other kernels). We pad
-    the request to at least ROWS rows with copies of its first row and drop them after.
+    Exactness: a BLAS computes a row of a matmul with the same bits whatever the other rows, except
+    for very few rows (with torch 2.13 on an x86 CPU, 1-3, 5-7 and 9-11 rows take other kernels). We
+    pad the request to at least ROWS rows with copies of its first row and drop them after.
     """
     padded = torch.cat([rows, rows[:1].expand(max(ROWS - len(rows), 0))])  # (>= ROWS,)
     return head(hidden[padded])[: len(rows)]  # (n, V)
@@ -293,12 +298,14 @@ def head_on_rows(head, hidden, rows):
 # ----------------------------------------------------------------------------- exact sampling
 def categorical(q, generator=None, block=256):
     """One draw from each row of q (n, V) (nonnegative weights) by inverting its CDF at one float64
-    uniform per row, in two levels: first a block of `block` tokens by the block masses, then a token in it.
+    uniform per row, in two levels: first a block of `block` tokens by the block masses, then a
+    token in it.
 
-    Saves: LLaDA draws Gumbel noise in float64 for every logit, which on CPU costs more than the output
-    layer itself. Exact: the same distribution as Gumbel-max up to float64 resolution (a mass below ~1e-16
-    of the row's total is never drawn) and the float32 block sums (relative error ~1e-7); a zero weight
-    is never drawn. Only (n, V / block) and (n, block) tensors are float64. Returns (n,) long.
+    Saves: LLaDA draws Gumbel noise in float64 for every logit, which on CPU costs more than the
+    output layer itself. Exact: the same distribution as Gumbel-max up to float64 resolution (a mass
+    below ~1e-16 of the row's total is never drawn) and the float32 block sums (relative error
+    ~1e-7); a zero weight is never drawn. Only (n, V / block) and (n, block) tensors are float64.
+    Returns (n,) long.
     """
     n, V = q.shape
     main = V // block * block

@@ -2,14 +2,18 @@ r"""SFT (Eq. 1), MDPO (Section 2.3) and the diffu-GRPO baseline for masked diffu
 
 Runbook
   the toy pipeline, CPU:     python train.py
-      SFT-trains the toy base (cached in out/toy-countdown-base, next to --out), trains it with MDPO and
+      SFT-trains the toy base (cached in out/toy-countdown-base, next to --out), trains it with MDPO
+      and
       prints the greedy test accuracy before -> after (out/run/table.md, plot.png). A rerun resumes.
   diffu-GRPO baseline (d1):  python train.py --algo diffu-grpo --out out/grpo
   two CPU processes (gloo):  torchrun --nproc_per_node 2 train.py --out out/ddp
-  one node, 8 GPUs (nccl):   torchrun --nproc_per_node 8 train.py --model GSAI-ML/LLaDA-8B-Instruct \
+  one node, 8 GPUs (nccl):   torchrun --nproc_per_node 8 train.py --model GSAI-ML/LLaDA-8B-Instruct
+  \
                                  --trust-remote-code --task math500 --fsdp --micro-batch 4 \
-                                 --train-file ../shared/data/math_overdenoising_llada_epoch1.csv --out out/llada
-  several nodes:             torchrun --nnodes N --node_rank R --master_addr HOST --nproc_per_node 8 train.py ...
+                                 --train-file ../shared/data/math_overdenoising_llada_epoch1.csv
+                                 --out out/llada
+  several nodes:             torchrun --nnodes N --node_rank R --master_addr HOST --nproc_per_node 8
+  train.py ...
 
 The loop: setup -> (the toy's SFT base) -> for each update: this rank's prompts -> one update of
 updates.py (sample, reward, advantages, select, loss, backward, step) -> log -> evaluate -> checkpoint.
@@ -97,8 +101,8 @@ def load_data(cfg, toy_pipeline):
         raise ValueError(f"--algo igpo needs a reference solution per training example (its hints): the toy "
                          f"tasks have them; {cfg.train_file} holds final answers only")
     held_out = None
-    if cfg.eval_every:  # toy tasks: the best checkpoint is chosen on val, never on test
-        held_out = tasks.load_examples(cfg.task, cfg.eval_data, cfg.n_eval, cfg.seed, split="val")
+    if cfg.eval_every:  # toy tasks: the best checkpoint is chosen on val (the same problems for every seed)
+        held_out = tasks.load_examples(cfg.task, cfg.eval_data, cfg.n_eval, 0, split="val")
     test = tasks.load_examples(cfg.task, None, cfg.n_eval, 0, split="test") if toy_pipeline else None
     return examples, held_out, test
 
@@ -166,7 +170,8 @@ def run_update(cfg, wrapped, reference, optimizer, batch, tok, mask_id, gen, ste
 
 def build(cfg, rank, world, device):
     """(policy with fp32 master weights, its DDP/FSDP wrapper, the frozen reference or None, tokenizer,
-    mask id). The reference is the starting model, run like the policy: the KL is exactly 0 at the start."""
+    mask id). The reference is the starting model, run like the policy: the KL is exactly 0 at
+    the start."""
     out = Path(cfg.out)
     if cfg.model == "toy":  # a fresh toy model for SFT, saved once so that every rank and a resume load it
         if rank == 0 and not (out / "init" / "config.json").exists():
@@ -177,7 +182,8 @@ def build(cfg, rank, world, device):
     mask_id = models.resolve_mask_id(tok, policy, cfg.mask_id)
     if cfg.activation_checkpointing:
         distributed.checkpoint_blocks(policy)
-    # under FSDP the policy is sharded before the reference loads: one full fp32 copy on a GPU at a time
+    # under FSDP the policy is sharded before the reference loads: one full fp32 copy on a GPU at a
+    # time
     if cfg.fsdp:
         wrapped = distributed.shard(policy, cfg.precision)
     else:
@@ -237,7 +243,8 @@ def start_log(cfg, resume_from, step, rank):
 
 def before_after_table(cfg, final, examples, n_new, rank, world, device):
     """The toy pipeline's result: greedy test accuracy of the base and of the trained model, with LCR and both
-    RCRs at every block size (OUT/table.md, printed). A finished run's table is not computed again."""
+    RCRs at every block size (OUT/table.md, printed). A finished run's table is not computed
+    again."""
     table = Path(cfg.out) / "table.md"
     if n_new or not table.exists():
         print0(f"scoring the base and the trained model on {len(examples)} test problems")

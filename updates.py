@@ -7,10 +7,11 @@ sample the group (with its trajectory) -> rewards -> advantages -> select -> los
     cj_grpo_update      CJ-GRPO (Yang et al. 2025): final rewards, every step the rollout took
     igpo_update         IGPO (Zhao et al. 2025): diffu-GRPO, all-wrong groups retried with hints
 
-Every update takes plain values: the policy (as wrapped for DDP/FSDP, or plain), the frozen reference
-(or None when beta = 0), the optimizer, this rank's examples and a config.Config (the fields it reads
-are the flags of the same names), and returns a dict of statistics averaged over ranks. What they share
-lives in rollouts.py (sampling a group) and optimise.py (micro-batches, accumulate, step).
+Every update takes plain values: the policy (as wrapped for DDP/FSDP, or plain), the frozen
+reference (or None when beta = 0), the optimizer, this rank's examples and a config.Config (the
+fields it reads are the flags of the same names), and returns a dict of statistics averaged over
+ranks. What they share lives in rollouts.py (sampling a group) and optimise.py (micro-batches,
+accumulate, step).
 """
 import random
 import time
@@ -31,7 +32,8 @@ from optimise import (MicroBatch, apply_gradients, backward, blank_batch, per_ra
 # ----------------------------------------------------------------------------- the updates
 def sft_update(policy, optimizer, examples, cfg, *, tokenizer, mask_id, generator):
     """Eq. 1: prompt + reference completion (+ EOS padding), a random share of the completion masked, the
-    masked tokens predicted. Each micro-batch's loss is a mean over its rows: we average the micro-batches.
+    masked tokens predicted. Each micro-batch's loss is a mean over its rows: we average the
+    micro-batches.
     """
     device = next(policy.parameters()).device
     x, attn, maskable = (v.to(device) for v in tasks.sft_batch(tokenizer, examples, cfg.task, cfg.gen_length))
@@ -63,10 +65,12 @@ def mdpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_
     sel, valid = mdpo.select_steps(adv, cfg.top_c)  # (N, c) each
     rows = torch.arange(len(sel), device=sel.device).repeat_interleave(sel.shape[1])[valid.flatten()]  # (n,)
     steps = sel[valid]  # (n,) the step of each trained (rollout, step) pair
-    # 5. micro-batches of (x̄_t, x_{t-1}, A_t): the policy reads x̄_t, is scored on x_{t-1} where x̄_t is masked
+    # 5. micro-batches of (x̄_t, x_{t-1}, A_t): the policy reads x̄_t, is scored on x_{t-1} where
+    # x̄_t is masked
     batches = [trajectory_batch(group, r, s, adv, mask_id)
                for r, s in zip(rows.split(cfg.micro_batch), steps.split(cfg.micro_batch))]
-    # 6. Eq. 4 (with Eq. 5 and 12), normalised over the whole update on every rank (mdpo.loss_denominators)
+    # 6. Eq. 4 (with Eq. 5 and 12), normalised over the whole update on every rank
+    # (mdpo.loss_denominators)
     if not batches:  # nothing to train here; other ranks may have rows, so we still take part in the step
         first = torch.zeros(1, dtype=torch.long, device=adv.device)  # rollout 0, step 0, as a shape
         batches = [blank_batch(trajectory_batch(group, first, first, adv, mask_id))]
@@ -82,7 +86,8 @@ def mdpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_
 
 def diffu_grpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_id, generator, update=0):
     """One diffu-GRPO update (d1, grpo.py) on this rank's examples: mu optimiser steps on one batch of
-    rollouts, each step on its own view of them (prompt re-masked at random, completion all [MASK])."""
+    rollouts, each step on its own view of them (prompt re-masked at random, completion all
+    [MASK])."""
     t0 = time.time()
     # 1. G completions per prompt (no trajectory: d1 scores the finished completion only)
     group = rollouts.sample_group(policy, tokenizer, examples, cfg, mask_id, generator, update, record=False)
@@ -105,11 +110,13 @@ def diffu_grpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer,
 
 def cj_grpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_id, generator, update=0):
     """One CJ-GRPO update (Yang et al. 2025; code: yjyddq/EOSER-ASS-RL, cj-grpo/): the policy is scored on
-    every denoising step the rollout took, on exactly the tokens that step revealed, with mu optimiser steps.
+    every denoising step the rollout took, on exactly the tokens that step revealed, with mu
+    optimiser steps.
 
     Beside MDPO (both train on the recorded trajectory, x̄_t -> x_{t-1}):
-      rewards     CJ-GRPO: the final reward only, one advantage per rollout   MDPO: every step's (Eq. 11, 6)
-      tokens      CJ-GRPO: the tokens revealed at the step                    MDPO: every masked position
+      rewards     CJ-GRPO: the final reward only, one advantage per rollout   MDPO: every step's
+      (Eq. 11, 6) tokens      CJ-GRPO: the tokens revealed at the step                    MDPO:
+      every masked position
       steps       CJ-GRPO: all T steps, each a mean over its tokens          MDPO: the top-c steps by |A|
     Memory: T (rollout, step) rows per rollout, micro-batched like MDPO's, so a micro-batch holds
     --micro-batch rows whatever T is (EAR builds all T steps' graphs at once and checkpoints them).
@@ -142,10 +149,11 @@ def cj_grpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, ma
 
 def igpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_id, generator, update=0):
     """One IGPO update (Zhao et al. 2025; code: facebookresearch/igpo): diffu-GRPO's, except that a group
-    whose rollouts are all wrong is generated once more with hint chunks of the reference solution written
-    into the canvas, and up to 4 verified-correct hinted rollouts replace its first ones: the group gets a
-    non-zero advantage instead of none. Hint tokens are trained like generated ones, except that the
-    entropy filter keeps only the --igpo-entropy-keep share of them with the highest entropy."""
+    whose rollouts are all wrong is generated once more with hint chunks of the reference
+    solution written into the canvas, and up to 4 verified-correct hinted rollouts replace its
+    first ones: the group gets a non-zero advantage instead of none. Hint tokens are trained like
+    generated ones, except that the entropy filter keeps only the --igpo-entropy-keep share of
+    them with the highest entropy."""
     t0 = time.time()
     # 1. G completions per prompt
     group = rollouts.sample_group(policy, tokenizer, examples, cfg, mask_id, generator, update, record=False)
@@ -160,8 +168,8 @@ def igpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_
     t1 = time.time()
     # 4. advantage r - group mean
     adv = grpo.group_advantages(R, cfg.group_size).to(group.prompt_ids.device)  # (N,)
-    # 5. one-step inputs as diffu-GRPO's; the loss counts every completion token (no EOS cut, as IGPO's
-    #    code), hint tokens filtered by the old policy's entropy
+    # 5. one-step inputs as diffu-GRPO's; the loss counts every completion token (no EOS cut, as
+    # IGPO's code), hint tokens filtered by the old policy's entropy
     everything = torch.ones_like(hint)  # (N, L)
     batches = one_step_batches(group, adv, everything, cfg, mask_id, generator)
     entropy_filtered(policy, batches, hint, cfg)
@@ -216,7 +224,7 @@ def igpo_objective(cfg, n_tokens):
     return loss_fn
 
 
-# ----------------------------------------------------------------------------- shared by the updates
+# ---------------------------------------------------------------------------- shared by the updates
 def trajectory_batch(group, rows, steps, adv, mask_id):
     """MDPO's rows (rollout n, step s): input [prompt; x̄_t], target x_{t-1}, masked where x̄_t is [MASK]."""
     x_bar = group.x_bar[steps, rows]  # (b, L)
@@ -280,8 +288,8 @@ def retry_with_hints(policy, tokenizer, group, R, hint, g, cfg, mask_id, generat
 
 def entropy_filtered(policy, batches, hint, cfg):
     """IGPO's entropy filter: each micro-batch's loss mask keeps the --igpo-entropy-keep share of its hint
-    tokens with the highest entropy under the old policy (its first input: with IGPO's p = 0 every inner
-    input is the same), and every generated token."""
+    tokens with the highest entropy under the old policy (its first input: with IGPO's p = 0
+    every inner input is the same), and every generated token."""
     if cfg.igpo_entropy_keep >= 1 or not hint.any():
         return
     model, start = policy.module if isinstance(policy, DDP) else policy, 0

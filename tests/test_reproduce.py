@@ -1,47 +1,62 @@
-"""reproduce.py end to end at a tiny size (the real report takes an hour): every section of RESULTS.md is written,
-from the runs' own files, and a rerun trains nothing again.  pytest -q tests/test_reproduce.py"""
+"""tools/reproduce.py end to end at a tiny size (the real report takes over an hour): every section of
+RESULTS.md is written from the runs' own files, and a rerun trains nothing again; the report's arithmetic
+by hand.  pytest -q tests/test_reproduce.py"""
 import pytest
 
-import reproduce
-from reproduce import COLUMNS, difference, mean_std, verdict_line
+from tools import report, reproduce
 
-TINY = dict(n_train=16, seeds=1, updates=8, n_test=8, n_val=8, sweep=(1e-4,), sweep_updates=8, eval_every=8, longer=2,
-            sft_updates=2)
-
-
-def test_mean_std_and_difference_by_hand():
-    assert mean_std([10.0, 20.0, 30.0]) == "20.0 ± 10.0"  # sample std: sqrt((100 + 0 + 100) / 2) = 10
-    assert mean_std([12.5]) == "12.5"
-    d, sa, sb = difference([10.0, 20.0, 30.0], [5.0])
-    assert (d, round(sa, 4), sb) == (15.0, 5.7735, None)  # 10 / sqrt(3)
+TINY = dict(seeds=1, steps=8, eval_every=8, n_val=8, n_test=8, sweep=(1e-4,), sweep_steps=8, longer=2,
+            sft_updates=2, train_flags=("--n-train", "16", "--prompts-per-update", "2", "--group-size", "2",
+                                        "--micro-batch", "16", "--eval-batch-size", "8"))
 
 
-def test_a_claim_is_met_only_when_most_columns_clear_two_standard_errors():
-    runs = lambda *acc: [{("lcr", *c): a for c in COLUMNS} for a in acc]  # noqa: E731
-    line, met = verdict_line("A > B", runs(49.0, 50.0, 51.0), "lcr", runs(20.0), "lcr", 1000)
-    # d = 30; SE = sqrt((1 / sqrt(3))^2 + 20 * 80 / 1000) = sqrt(1/3 + 1.6) = 1.39
-    assert met and "+30.0 (±1.4)" in line and "4/4 higher, 4/4 by more than 2 SE" in line
-    line, met = verdict_line("A > B", runs(21.0, 22.0, 23.0), "lcr", runs(20.0), "lcr", 1000)
-    assert not met and "+2.0 (±1.4)" in line and "4/4 higher, 0/4 by more than 2 SE" in line
+def test_mean_std_difference_and_final_by_hand():
+    assert report.mean_std([10.0, 20.0, 30.0]) == "20.0 ± 10.0"  # sample std: sqrt((100 + 0 + 100) / 2) = 10
+    assert report.mean_std([12.5]) == "12.5"
+    d, se = report.difference([10.0, 20.0, 30.0], [5.0], 100)
+    # d = 20 - 5; SE = sqrt((10 / sqrt(3))^2 + 5 * 95 / 100) = sqrt(33.333 + 4.75) = 6.171
+    assert d == 15.0 and round(se, 3) == 6.171
+    assert report.final([(8, 40.0), (16, 50.0), (24, 60.0)]) == 55.0  # the mean of the last two scores
 
 
+def test_the_criterion_needs_ten_points_and_three_standard_errors_in_every_seed(tmp_path):
+    def log(path, accuracies):
+        path.write_text('{"config": {}}\n' + "".join(f'{{"step": {i + 1}, "eval_accuracy": {a}}}\n'
+                                                      for i, a in enumerate(accuracies)))
+        return path
+    res = {"cfg": {"n_val": 300, "seeds": 2}, "mu": {"mdpo": 1, "diffu-grpo": 8},
+           "base_val": [{"greedy_B10": 40.0}, {"greedy_B10": 45.0}],
+           "logs": {("mdpo", 0): log(tmp_path / "a", [0.5, 0.56, 0.58]),   # after 57.0: +17.0
+                    ("mdpo", 1): log(tmp_path / "b", [0.5, 0.6, 0.6]),     # after 60.0: +15.0
+                    ("diffu-grpo", 0): log(tmp_path / "c", [0.5, 0.56]),   # after 53.0: +13.0
+                    ("diffu-grpo", 1): log(tmp_path / "d", [0.5, 0.56])}}  # after 53.0: +8.0 < 10
+    met, lines = report.criterion(res)
+    # seed 0 MDPO: SE = sqrt(40 * 60 / 300 + 57 * 43 / 300) = sqrt(8 + 8.17) = 4.02; 17 > 12.06
+    assert "| MDPO | 0 | 40.0 | 57.0 | +17.0 | 4.0 | yes |" in lines
+    assert "| diffu-GRPO (d1) | 1 | 45.0 | 53.0 | +8.0 | 4.1 | no |" in lines and not met
+    res["logs"]["diffu-grpo", 1] = log(tmp_path / "d", [0.5, 0.66])  # after 58.0: +13.0 > 3 x 4.05 = 12.2
+    assert report.criterion(res)[0]
+
+
+@pytest.mark.slow
 def test_tiny_report(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "QUICK", TINY)
-    report = tmp_path / "r" / "RESULTS.md"
-    argv = ["--quick", "--out", str(tmp_path / "runs"), "--report", str(report), "--jobs", "2"]
-    reproduce.main(argv)
-    text = report.read_text()
-    for section in ("## toy-countdown", "### Table 2 at toy scale", "+ MDPO + RCR, latest", "+ diffu-GRPO (d1), LCR",
-                    "### Sample efficiency", "### Over-denoising of the base", "### Pre-filter ablation",
-                    "### Learning-rate sweep", "MDPO > diffu-GRPO at equal updates"):
+    path = tmp_path / "r" / "RESULTS.md"
+    reproduce.main(["--quick", "--out", str(tmp_path / "runs"), "--report", str(path), "--jobs", "2"])
+    text = path.read_text()
+    for section in ("## Pre-registered criterion", "**Result: ", "## Table 2 at toy scale", "+ MDPO + RCR, latest",
+                    "+ diffu-GRPO (d1), LCR", "+ CJ-GRPO, LCR", "+ IGPO, LCR", "## Sample efficiency",
+                    "## Learning curves", "## IGPO: groups with no correct rollout", "## Over-denoising of the base",
+                    "## Pre-filter ablation", "## EOSER and ASS", "ASS + EOSER", "## Learning-rate sweep",
+                    "MDPO > diffu-GRPO at equal optimiser steps"):
         assert section in text, section
+    for png in ("curves-eval-accuracy.png", "curves-reward.png", "curves-kl.png", "all-wrong-groups.png",
+                "first-correct.png"):
+        assert (path.parent / png).read_bytes()[:4] == b"\x89PNG", png
     assert "Wall time" in text and (tmp_path / "runs" / "wall.json").exists()
-    assert (report.parent / "toy-countdown-efficiency.png").read_bytes()[:4] == b"\x89PNG"
-    assert (report.parent / "toy-countdown-first-correct.png").read_bytes()[:4] == b"\x89PNG"
-    logs = sorted((tmp_path / "runs").rglob("log.jsonl"))
-    assert len(logs) in (6, 7)  # base, sweep 2, 2 algorithms x 1 seed, longer (+ 1 prefilter run if it kept any)
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_trained_again(tmp_path, monkeypatch):
     run = tmp_path / "run"
     reproduce.train_run(run, ["--algo", "sft", "--task", "toy-arith", "--n-train", "8", "--micro-batch", "4"], 2)

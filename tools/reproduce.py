@@ -1,58 +1,61 @@
-"""Reproduce the paper's claims at toy scale, from one command: RESULTS.md and its figures.
+"""Every claim of the paper at toy scale, from one command: results/RESULTS.md and its figures.
 
-    python reproduce.py                          # both toy tasks, 3 training seeds (the report in the README)
-    python reproduce.py --quick                  # toy-countdown, 2 seeds, fewer updates: a preview in minutes
-    python reproduce.py --task toy-arith --seeds 5
+    python tools/reproduce.py            # 3 seeds, the default toy task (the report in the README)
+    python tools/reproduce.py --quick    # 2 seeds, fewer steps and problems: a preview in minutes
 
-The claims (Table 2, Fig. 1 / 4, Table 1, Fig. 3 of the paper) and what checks each here:
-1. MDPO matches diffu-GRPO with 60x fewer gradient updates and beats it at equal updates: Table 2's rows and
-   the sample-efficiency curves (held-out accuracy against optimiser steps, diffu-GRPO run 10x longer).
-2. RCR, training-free, improves over LCR, and MDPO + RCR is best: Table 2's RCR rows, the paper's running
-   maximum (`rcr`) and the authors' code (`rcr-latest`) side by side.
-3. Over-denoising is common (Table 1, Fig. 3), and training on the over-denoised prompts (Section 3.3) beats
-   training on random prompts at equal updates: the over-denoising table and the pre-filter ablation.
+Protocol. Seed s is a pair: an SFT base trained with seed s, and the RL runs from it with seed s, so the
+spread over seeds covers both. Every algorithm gets the same budget of optimiser steps (diffu-GRPO and
+CJ-GRPO take mu of them per batch of rollouts, IGPO 4, MDPO 1) and the same rollouts (G, T, blocks,
+temperature). Learning rates are chosen per algorithm by a sweep on the val split (seed 0), never on test.
+Before any test table: the pre-registered criterion (each of MDPO and diffu-GRPO lifts val accuracy by
+>= 10 points and > 3 standard errors over its base, in every seed). Test tables are greedy accuracy on a
+fixed test set; a claim holds only where the difference exceeds 2 standard errors.
 
-Protocol: each algorithm's learning rate is chosen by the same sweep on the val split (toy.make_task's third
-split), never on test; Table 2 is greedy accuracy on a fixed test set, mean ± std over the training seeds.
-"Gradient update" means optimiser step: diffu-GRPO takes mu of them per batch of rollouts (d1's inner
-iterations), MDPO one. Every run is cached under --out (train.py resumes, eval.py skips scored rows), so a
-rerun or an interrupted run picks up where it stopped.
+Runs are cached under --out (train.py resumes, eval.py skips scored rows): a rerun picks up where it stopped.
 """
 import argparse
 import concurrent.futures
 import contextlib
 import json
-import math
 import multiprocessing
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repo root: train.py, eval.py, tools/
 
-import checkpoint
-import eval as evaluation
-import train
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-FULL = dict(n_train=5000, seeds=3, updates=96, n_test=1000, n_val=300, sweep=(1e-5, 3e-5, 1e-4), sweep_updates=48, eval_every=8,
-            longer=10, sft_updates=1500)
-QUICK = dict(n_train=5000, seeds=2, updates=24, n_test=300, n_val=150, sweep=(3e-5,), sweep_updates=24, eval_every=8, longer=4,
-             sft_updates=600)
+import checkpoint  # noqa: E402
+import config  # noqa: E402
+import eval as evaluation  # noqa: E402
+import models  # noqa: E402
+import rewards  # noqa: E402
+import sample  # noqa: E402
+import tasks  # noqa: E402
+import toy  # noqa: E402
+import train  # noqa: E402
+from tools import report  # noqa: E402
+
+TASK = config.Config.task
+ALGOS = ("mdpo", "diffu-grpo", "cj-grpo", "igpo")
+FULL = dict(seeds=3, steps=48, eval_every=8, n_val=300, n_test=500, sweep=(1e-5, 3e-5, 1e-4), sweep_steps=24,
+            longer=3, sft_updates=1500, train_flags=())
+QUICK = dict(seeds=2, steps=16, eval_every=8, n_val=100, n_test=200, sweep=(3e-5,), sweep_steps=8, longer=2,
+             sft_updates=600, train_flags=())
 COLUMNS = [(10, 16), (10, 8), (40, 16), (40, 8)]  # (block size, steps): semi-AR and pure-Diff at T and T/2
-MINUTES = {"sft": 6.0, "rl_update": 0.04, "grpo_batch": 0.03, "grpo_step": 0.01, "eval": 0.5, "overdenoise": 1.5,
-           "prefilter": 2.0}
-ALGOS = ("mdpo", "diffu-grpo")
+MINUTES = {"sft": 5.0, "step": 0.08, "measure": 1.5, "test": 0.6, "grid": 2.0}  # rough, for the bar's ETA
 
 
-def mu(task):
-    """diffu-GRPO's inner iterations (d1: 12 for math, 8 for countdown): its optimiser steps per rollout batch."""
-    return train.resolve(train.p.parse_args(["--algo", "diffu-grpo", "--task", task])).inner_steps
+def mu(algo):
+    """Optimiser steps per batch of rollouts (train.py's default inner_steps for the task)."""
+    return config.defaults("toy", algo, TASK)["inner_steps"]
 
 
+# ----------------------------------------------------------------------------- jobs (run in a pool)
 def quietly(fn, argv, log):
     """fn(argv) with its console output appended to `log` (each run keeps its own)."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -61,34 +64,59 @@ def quietly(fn, argv, log):
 
 
 def train_run(run, argv, updates):
-    """train.py with argv into `run` up to `updates` (skipped when already there). Returns the final checkpoint."""
+    """train.py with argv into `run` up to `updates` updates (nothing when already there) -> run / "last"."""
     last = checkpoint.latest(run)
-    if last is None or torch.load(last / "trainer_state.pt", weights_only=False)["step"] < updates:
+    if last is None or checkpoint.saved_step(last) < updates:
         quietly(train.main, [*argv, "--max-updates", updates, "--out", run], run / "console.log")
     return run / "last"
 
 
-def rl_run(run, base, task, algo, lr, seed, cfg, grad_updates, extra=()):
-    """One RL run with `grad_updates` optimiser steps (diffu-GRPO: grad_updates / mu rollout batches), scored
-    on the val split every cfg["eval_every"] optimiser steps."""
-    per = mu(task) if algo == "diffu-grpo" else 1
-    argv = ["--model", base, "--task", task, "--algo", algo, "--lr", lr, "--seed", seed, "--n-train", cfg["n_train"],
-            "--eval-every", max(1, cfg["eval_every"] // per), "--n-eval", cfg["n_val"], *extra]
-    return train_run(run, argv, grad_updates // per)
+def rl_run(run, base, algo, lr, seed, cfg, steps, extra=()):
+    """An RL run of `steps` optimiser steps from `base`, scored on val every cfg["eval_every"] steps."""
+    argv = ["--model", base, "--task", TASK, "--algo", algo, "--lr", lr, "--seed", seed,
+            "--eval-every", max(1, cfg["eval_every"] // mu(algo)), "--n-eval", cfg["n_val"], *extra,
+            *cfg["train_flags"]]
+    return train_run(run, argv, steps // mu(algo))
 
 
-def curve(run, task, algo):
-    """(optimiser steps, val accuracy %) of a run, from its log."""
-    per = mu(task) if algo == "diffu-grpo" else 1
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()[1:]]
-    return [(r["step"] * per, 100 * r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
+def measure_base(base, out, cfg, G=8):
+    """A base on val: greedy accuracy at both block sizes (LCR, the rollouts' T), and pass@1, pass@G and the
+    share of all-wrong groups at the rollout temperature with the rollouts' confidence. Cached in out."""
+    if out.exists():
+        return json.loads(out.read_text())
+    torch.manual_seed(0)
+    rl = config.from_args(["--task", TASK])  # the rollouts' settings
+    model, tok = models.load_model(str(base))
+    mask_id = models.resolve_mask_id(tok, model)
+    examples = toy.make_task(TASK, cfg["n_val"], 0, "val")
+    res, gen = {}, torch.Generator().manual_seed(0)
+    for block in rl.block_lengths:
+        rows = evaluation.evaluate(model, tok, examples, TASK, gen_length=rl.gen_length, block_length=block,
+                                   steps=rl.steps, mask_id=mask_id, progress=False, batch_size=100)
+        res[f"greedy_B{block}"] = 100 * sum(r["correct"] for r in rows) / len(rows)
+        correct = []
+        for start in range(0, len(examples), 50):
+            batch = examples[start:start + 50]
+            ids, attn = models.encode_prompts(tok, tasks.prompt_texts(TASK, batch))
+            x = sample.generate(model, ids.repeat_interleave(G, 0), attention_mask=attn.repeat_interleave(G, 0),
+                                gen_length=rl.gen_length, block_length=block, steps=rl.steps,
+                                temperature=rl.temperature, confidence="sampling", mask_id=mask_id, generator=gen)
+            texts = tasks.completion_texts(tok, x[:, ids.shape[1]:])
+            correct += [rewards.reward(TASK, t, ex) == 1 for t, ex in zip(texts, [e for e in batch for _ in range(G)])]
+        c = torch.tensor(correct, dtype=torch.float).view(len(examples), G)  # (n, G)
+        res[f"pass1_B{block}"] = 100 * c.mean().item()
+        res[f"passG_B{block}"] = 100 * c.max(1).values.mean().item()
+        res[f"all_wrong_B{block}"] = 100 * (c.sum(1) == 0).float().mean().item()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res))
+    return res
 
 
-def test_accuracy(model, task, out, name, cfg, remaskings):
-    """Greedy accuracy (%) on the fixed test set under every Table 2 column: {(remasking, B, T): accuracy}."""
-    quietly(evaluation.main, ["--model", model, "--task", task, "--name", name, "--limit", cfg["n_test"],
+def test_accuracy(model, out, name, cfg, remaskings):
+    """Greedy test accuracy (%) in every Table 2 column: {(remasking, B, T): accuracy}."""
+    quietly(evaluation.main, ["--model", model, "--task", TASK, "--name", name, "--limit", cfg["n_test"],
                               "--block-length", "10,40", "--steps", "16,8", "--remasking", ",".join(remaskings),
-                              "--batch-size", 64, "--out", out], out / "console.log")
+                              "--batch-size", 100, "--out", out], out / "console.log")
     cells = {}
     for row in evaluation.read_rows(out).values():
         s = row["settings"]
@@ -97,13 +125,35 @@ def test_accuracy(model, task, out, name, cfg, remaskings):
     return {k: 100 * sum(v) / len(v) for k, v in cells.items()}
 
 
+def decoding_accuracy(model, out, name, cfg):
+    """EOSER and ASS on a base, pure-Diff LCR: linear at T = 16, 8, 5 and ASS at its T = 5, each with and
+    without EOSER -> {(schedule, eoser, T): accuracy}."""
+    quietly(evaluation.main, ["--model", model, "--task", TASK, "--name", name, "--limit", cfg["n_test"],
+                              "--block-length", "40", "--steps", "16,8,5", "--remasking", "lcr", "--schedule",
+                              "linear,ass", "--eoser", "both", "--batch-size", 100, "--out", out], out / "console.log")
+    cells = {}
+    for row in evaluation.read_rows(out).values():
+        s = row["settings"]
+        key = (s["schedule"], s.get("eoser") is not None, s["steps"])
+        cells.setdefault(key, []).append(row["correct"])
+    return {k: 100 * sum(v) / len(v) for k, v in cells.items()}
+
+
+def overdenoising(model, out, cfg):
+    """Table 1 / Fig. 3 on a base: eval.py's trajectory statistics over the toy grid."""
+    quietly(evaluation.main, ["--model", model, "--task", TASK, "--name", "base", "--limit", cfg["n_test"],
+                              "--remasking", "lcr,rcr,rcr-latest", "--batch-size", 100, "--trajectory-stats",
+                              "--out", out], out / "console.log")
+    return (out / "overdenoising.md").read_text(), out / "first_correct.png"
+
+
 def work(job):
-    """One job, in a pool process with one torch thread (tiny models run fastest so, two at a time on 2 cores)."""
+    """One job in a pool process with one torch thread (tiny models run fastest so, one per core)."""
     torch.set_num_threads(1)
-    kind, *a = job
+    kind, *args = job
     try:
-        return {"train": train_run, "test": test_accuracy, "rl": rl_run, "eval": lambda argv, log: quietly(
-            evaluation.main, argv, log)}[kind](*a)
+        return {"train": train_run, "rl": rl_run, "measure": measure_base, "test": test_accuracy,
+                "decoding": decoding_accuracy, "overdenoising": overdenoising}[kind](*args)
     except ValueError as e:  # the pre-filter kept no prompt: that run does not exist, the report says so
         if "pre-filter kept none" not in str(e):
             raise
@@ -111,7 +161,7 @@ def work(job):
 
 
 def stage(pool, bar, jobs):
-    """Run {key: (estimated minutes, job)} on the pool, advancing the bar as each ends -> {key: result}."""
+    """Run {key: (estimated minutes, job)} on the pool, the bar advancing as each ends -> {key: result}."""
     futures = {pool.submit(work, job): (key, minutes) for key, (minutes, job) in jobs.items()}
     results = {}
     for future in concurrent.futures.as_completed(futures):
@@ -122,260 +172,84 @@ def stage(pool, bar, jobs):
     return results
 
 
-def run_all(tasks, cfg, out, pool, bar):
-    """Every run of the report, in four stages (each waits for the one before): bases; learning-rate sweeps;
-    training runs and the base's evaluations; the trained models' evaluations. Returns what the report needs."""
-    res = {t: {"sweep": {}, "rows": {}, "curves": {}} for t in tasks}
-    base = {t: out / t / "base" / "last" for t in tasks}
-    rcr, sweep = ("lcr", "rcr", "rcr-latest"), [(t, a, lr) for t in tasks for a in ALGOS for lr in cfg["sweep"]]
-    stage(pool, bar, {("SFT base", t): (MINUTES["sft"], ("train", out / t / "base", ["--algo", "sft", "--task", t],
-                                                          cfg["sft_updates"])) for t in tasks})
-    stage(pool, bar, {("sweep", t, a, lr): (rl_minutes(t, a, cfg["sweep_updates"]), (
-        "rl", out / t / "sweep" / f"{a}-lr{lr:g}", base[t], t, a, lr, 0, cfg, cfg["sweep_updates"])) for t, a, lr in sweep})
-    for t, a, lr in sweep:  # each algorithm's learning rate: the best final val accuracy (mean of the last 2 scores)
-        res[t]["sweep"][a, lr] = statistics.mean(y for _, y in curve(out / t / "sweep" / f"{a}-lr{lr:g}", t, a)[-2:])
-    for t in tasks:
-        res[t]["lr"] = {a: max(cfg["sweep"], key=lambda lr: res[t]["sweep"][a, lr]) for a in ALGOS}
-    runs = {(t, a, s): out / t / a / f"seed{s}" for t in tasks for a in ALGOS for s in range(cfg["seeds"])}
-    runs.update({(t, "mdpo-prefilter", s): out / t / "mdpo-prefilter" / f"seed{s}" for t in tasks
-                 if t == "toy-countdown" for s in range(cfg["seeds"])})
-    jobs = {("train", *k): (rl_minutes(k[0], k[1].split("-pre")[0], cfg["updates"]) + MINUTES["prefilter"] * ("pre" in k[1]), (
-        "rl", run, base[k[0]], k[0], k[1].split("-pre")[0], res[k[0]]["lr"][k[1].split("-pre")[0]], k[2], cfg,
-        cfg["updates"], ["--prefilter", "overdenoise"] if "pre" in k[1] else [])) for k, run in runs.items()}
-    for t in tasks:
-        jobs["base on test", t] = (3 * MINUTES["eval"], ("test", base[t], t, out / t / "eval" / "base", "base", cfg, rcr))
-        jobs["over-denoising", t] = (MINUTES["overdenoise"], ("eval", [
-            "--model", base[t], "--task", t, "--name", "base", "--limit", cfg["n_test"], "--remasking", ",".join(rcr),
-            "--batch-size", 64, "--trajectory-stats", "--out", out / t / "overdenoise"], out / t / "overdenoise" / "log"))
-        if t == "toy-countdown":  # the sample-efficiency curve: diffu-GRPO with `longer` times the updates
-            longer = cfg["updates"] * cfg["longer"]
-            jobs["diffu-grpo longer", t] = (rl_minutes(t, "diffu-grpo", longer), (
-                "rl", out / t / "diffu-grpo-longer", base[t], t, "diffu-grpo", res[t]["lr"]["diffu-grpo"], 0, cfg, longer))
+# ----------------------------------------------------------------------------- the plan
+def rl_minutes(algo, steps):
+    """Rough work-minutes of an RL run: optimiser steps, weighted by what one costs (CJ-GRPO trains on every
+    step of every rollout, diffu-GRPO and IGPO on one forward per rollout)."""
+    weight = {"mdpo": 1.0, "cj-grpo": 1.0, "diffu-grpo": 0.35, "igpo": 0.6}[algo]
+    return steps * MINUTES["step"] * weight
+
+
+def run_all(cfg, out, pool, bar):
+    """Every run of the report in four stages (each waits for the one before) -> what the report needs."""
+    seeds = range(cfg["seeds"])
+    base = {s: out / f"base-seed{s}" / "last" for s in seeds}
+    stage(pool, bar, {("SFT base", s): (MINUTES["sft"], ("train", out / f"base-seed{s}", [
+        "--algo", "sft", "--task", TASK, "--seed", s, *cfg["train_flags"]], cfg["sft_updates"])) for s in seeds})
+    jobs = {("sweep", a, lr): (rl_minutes(a, cfg["sweep_steps"]), (
+        "rl", out / "sweep" / f"{a}-lr{lr:g}", base[0], a, lr, 0, cfg, cfg["sweep_steps"]))
+        for a in ALGOS for lr in cfg["sweep"]}
+    jobs.update({("measure", s): (MINUTES["measure"], ("measure", base[s], out / f"base-seed{s}" / "val.json", cfg))
+                 for s in seeds})
+    done = stage(pool, bar, jobs)
+    res = {"cfg": cfg, "task": TASK, "mu": {a: mu(a) for a in ALGOS}, "base_val": [done["measure", s] for s in seeds]}
+    res["sweep"] = {(a, lr): report.curve(out / "sweep" / f"{a}-lr{lr:g}" / "log.jsonl", mu(a))
+                    for a in ALGOS for lr in cfg["sweep"]}
+    res["lr"] = {a: max(cfg["sweep"], key=lambda lr: report.final(res["sweep"][a, lr])) for a in ALGOS}
+    runs = {(a, s): out / a / f"seed{s}" for a in ALGOS for s in seeds}
+    runs.update({("mdpo-prefilter", s): out / "mdpo-prefilter" / f"seed{s}" for s in seeds})
+    runs[("diffu-grpo-longer", 0)] = out / "diffu-grpo-longer" / "seed0"
+    jobs = {}
+    for (name, s), run in runs.items():
+        algo = name.split("-pre")[0].replace("-longer", "")
+        steps = cfg["steps"] * (cfg["longer"] if name.endswith("longer") else 1)
+        extra = ["--prefilter", "overdenoise"] if name.endswith("prefilter") else []
+        jobs["train", name, s] = (rl_minutes(algo, steps), ("rl", run, base[s], algo, res["lr"][algo], s, cfg,
+                                                            steps, extra))
+    for s in seeds:
+        jobs["test", "base", s] = (3 * MINUTES["test"], ("test", base[s], out / f"base-seed{s}" / "test", "base",
+                                                         cfg, ("lcr", "rcr", "rcr-latest")))
+        jobs["decoding", s] = (MINUTES["grid"], ("decoding", base[s], out / f"base-seed{s}" / "decoding",
+                                                 "base", cfg))
+    jobs["overdenoising"] = (MINUTES["grid"], ("overdenoising", base[0], out / "base-seed0" / "overdenoising", cfg))
     done = stage(pool, bar, jobs)
     runs = {k: run for k, run in runs.items() if done["train", *k] is not None}
-    for t in tasks:
-        res[t]["rows"]["base"] = [done["base on test", t]]
-        if ("diffu-grpo longer", t) in done:
-            res[t]["curves"]["longer"] = curve(out / t / "diffu-grpo-longer", t, "diffu-grpo")
-    tests = stage(pool, bar, {("test", *k): ((3 if k[1] == "mdpo" else 1) * MINUTES["eval"], (
-        "test", run / "last", k[0], run / "eval", k[1], cfg, rcr if k[1] == "mdpo" else ("lcr",)))
-        for k, run in runs.items()})
-    for (t, a, s), run in runs.items():
-        res[t]["rows"].setdefault(a.replace("mdpo-prefilter", "prefilter"), []).append(tests["test", t, a, s])
-        res[t]["curves"][a, s] = curve(run, t, a.split("-pre")[0])
-    for t in tasks:
-        if t == "toy-countdown":
-            kept = out / t / "mdpo-prefilter" / "seed0" / "prefilter.jsonl"
-            res[t]["kept"] = len(kept.read_text().splitlines()) if kept.exists() else 0
+    res["base_test"] = [done["test", "base", s] for s in seeds]
+    res["decoding"] = [done["decoding", s] for s in seeds]
+    res["overdenoising"] = done["overdenoising"]
+    res["logs"] = {k: run / "log.jsonl" for k, run in runs.items()}
+    res["kept"] = {s: len((run / "prefilter.jsonl").read_text().splitlines())
+                   for (name, s), run in runs.items() if name.endswith("prefilter")}
+    tests = stage(pool, bar, {("test", *k): ((3 if k[0] == "mdpo" else 1) * MINUTES["test"], (
+        "test", run / "last", run / "test", k[0], cfg, ("lcr", "rcr", "rcr-latest") if k[0] == "mdpo" else ("lcr",)))
+        for k, run in runs.items() if not k[0].endswith("longer")})
+    res["test"] = {k[1:]: v for k, v in tests.items()}
     return res
 
 
-def estimate(tasks, cfg):
-    """Work-minutes of the whole plan (the progress bar's total; two workers take about half of it in wall time)."""
-    per_task = lambda t: (MINUTES["sft"] + 3 * MINUTES["eval"] + MINUTES["overdenoise"]  # noqa: E731
-                          + sum(rl_minutes(t, a, cfg["sweep_updates"]) for a in ALGOS for _ in cfg["sweep"])
-                          + cfg["seeds"] * (rl_minutes(t, "diffu-grpo", cfg["updates"]) + MINUTES["eval"]
-                                            + rl_minutes(t, "mdpo", cfg["updates"]) + 3 * MINUTES["eval"]))
-    countdown = ("toy-countdown" in tasks) * (rl_minutes("toy-countdown", "diffu-grpo", cfg["updates"] * cfg["longer"])
-                                              + cfg["seeds"] * (rl_minutes("toy-countdown", "mdpo", cfg["updates"])
-                                                                + MINUTES["prefilter"] + MINUTES["eval"]))
-    return sum(per_task(t) for t in tasks) + countdown
-
-
-def rl_minutes(task, algo, grad_updates):
-    """Rough wall minutes of a run on a 2-core CPU running two at a time, for the progress bar's ETA."""
-    if algo == "diffu-grpo":
-        return grad_updates / mu(task) * MINUTES["grpo_batch"] + grad_updates * MINUTES["grpo_step"]
-    return grad_updates * MINUTES["rl_update"]
-
-
-# ----------------------------------------------------------------------------- the report
-def mean_std(values):
-    """'m ± s' over seeds (sample std); a single value alone."""
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def cell(runs, rem, column):
-    return [r[(rem, *column)] for r in runs]
-
-
-def table2(res):
-    """Table 2 at toy scale: rows as the paper's, columns semi-AR / pure-Diff at T and T/2."""
-    head = "| | " + " | ".join(f"{'semi-AR' if b < 40 else 'pure-Diff'} B={b} T={t}" for b, t in COLUMNS) + " |"
-    rows = [("toy base (SFT, Eq. 1), LCR", res["rows"]["base"], "lcr"),
-            ("+ RCR, running max (paper's text; training-free)", res["rows"]["base"], "rcr"),
-            ("+ RCR, latest (authors' code; training-free)", res["rows"]["base"], "rcr-latest"),
-            ("+ diffu-GRPO (d1), LCR", res["rows"]["diffu-grpo"], "lcr"),
-            ("+ MDPO, LCR", res["rows"]["mdpo"], "lcr"),
-            ("+ MDPO + RCR, running max", res["rows"]["mdpo"], "rcr"),
-            ("+ MDPO + RCR, latest", res["rows"]["mdpo"], "rcr-latest")]
-    lines = [head, "|---" * (len(COLUMNS) + 1) + "|"]
-    for name, runs, rem in rows:
-        lines.append(f"| {name} | " + " | ".join(mean_std(cell(runs, rem, c)) for c in COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-def difference(a, b):
-    """Mean of a minus mean of b, with a rough standard error (seeds' spread, or the binomial one of a single
-    test accuracy on n problems when there is one run)."""
-    se = lambda v: statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else None  # noqa: E731
-    return statistics.mean(a) - statistics.mean(b), se(a), se(b)
-
-
-# Written while the first full report was running (its sweeps were in, its comparison tables were not): what could
-# make each claim fail at toy scale, and the experiment that would tell. The report prints a claim's note when the claim is not clearly met (not > 2 SE in most columns).
-IF_NOT_MET = {
-    "MDPO > diffu-GRPO": "Both start from the same weak base and take few updates, so both may stay within noise of "
-    "it. At equal optimiser steps diffu-GRPO sees mu times fewer rollouts (mu inner iterations per batch), which is "
-    "the paper's comparison; MDPO's intermediate rewards only help when intermediate answers carry information "
-    "(see the over-denoising table). Would tell: both run 4-10x longer, and MDPO with --top-c 1 / 16.",
-    "RCR > LCR": "RCR pays off when early low-confidence commits are wrong and later context fixes them. With 40 "
-    "tokens in 16 steps (2-3 reveals a step) a tiny model has little to remask, and its confidences may be poorly "
-    "calibrated. Would tell: eval.py --steps 4,8 (more tokens per step) and the count of remasked tokens per step.",
-    "MDPO > base": "96 updates x 64 rollouts move a 0.4M-parameter model little: a gain below ~2 points is within the "
-    "seeds' spread, and larger learning rates lowered val accuracy (lr 3e-4 in our semi-AR probes). Would tell: "
-    "more updates at the chosen rate, more seeds, the curve of val accuracy (is it still rising at the end?).",
-    "over-denoised prompts": "The filter keeps the prompts the base already answers correctly at some step, a few "
-    "hundred of the pool: training cycles over them many times and may overfit them. Would tell: a pool 10x larger "
-    "(more kept prompts than updates x prompts per update), and accuracy on the kept prompts vs the rest.",
-}
-
-
-def verdict_line(name, a_runs, a_rem, b_runs, b_rem, n_test):
-    """One claim checked column by column: the differences in points and how many are > 0."""
-    diffs = []
-    for c in COLUMNS:
-        a, b = cell(a_runs, a_rem, c), cell(b_runs, b_rem, c)
-        d, sa, sb = difference(a, b)
-        binom = lambda v: math.sqrt(max(statistics.mean(v), 1) * (100 - statistics.mean(v)) / n_test)  # noqa: E731
-        se = math.sqrt((sa if sa is not None else binom(a)) ** 2 + (sb if sb is not None else binom(b)) ** 2)
-        diffs.append((d, se))
-    up = sum(d > 0 for d, _ in diffs)
-    clear = sum(d > 2 * se for d, se in diffs)
-    text = ", ".join(f"{d:+.1f} (±{se:.1f})" for d, se in diffs)
-    return f"| {name} | {text} | {up}/4 higher, {clear}/4 by more than 2 SE |", clear > len(diffs) // 2
-
-
-def efficiency(res, task, cfg):
-    """'Updates diffu-GRPO needs to first reach MDPO's val accuracy at k updates', from the curves."""
-    seeds = [res["curves"]["mdpo", s] for s in range(cfg["seeds"])]
-    longer = res["curves"]["longer"]
-    lines = ["| MDPO updates k | MDPO val acc. at k (mean of seeds) | diffu-GRPO updates to reach it | ratio |",
-             "|---|---|---|---|"]
-    for k in sorted({x for x, _ in seeds[0]}):
-        target = statistics.mean(dict(c)[k] for c in seeds)
-        reached = next((x for x, a in longer if a >= target), None)
-        ratio = f"{reached / k:.1f}x" if reached else f"not reached within {longer[-1][0]}" if longer else "-"
-        lines.append(f"| {k} | {target:.1f} | {reached if reached else '-'} | {ratio} |")
-    return "\n".join(lines)
-
-
-def plot_curves(res, task, cfg, png):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for algo, color in (("mdpo", "C0"), ("diffu-grpo", "C1")):
-        for s in range(cfg["seeds"]):
-            x, y = zip(*res["curves"][algo, s])
-            ax.plot(x, y, color=color, alpha=0.5, marker=".", label=f"{algo} ({cfg['seeds']} seeds)" if s == 0 else None)
-    x, y = zip(*res["curves"]["longer"])
-    ax.plot(x, y, color="C1", linestyle="--", label=f"diffu-grpo, {cfg['longer']}x longer (seed 0)")
-    ax.set(xscale="log", xlabel="gradient updates (optimiser steps)", ylabel="val accuracy (%), greedy LCR",
-           title=f"{task}: sample efficiency")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+def estimate(cfg):
+    """Work-minutes of the whole plan (the bar's total; two workers take about half of it in wall time)."""
+    n = cfg["seeds"]
+    total = n * (MINUTES["sft"] + MINUTES["measure"] + 3 * MINUTES["test"] + MINUTES["grid"]) + MINUTES["grid"]
+    total += sum(rl_minutes(a, cfg["sweep_steps"]) for a in ALGOS for _ in cfg["sweep"])
+    total += n * sum(rl_minutes(a, cfg["steps"]) + MINUTES["test"] for a in ALGOS)
+    total += n * (rl_minutes("mdpo", cfg["steps"]) + 3 * MINUTES["test"])  # the pre-filter runs, MDPO's RCR
+    return total + rl_minutes("diffu-grpo", cfg["steps"] * cfg["longer"])
 
 
 def add_wall_time(out, seconds):
-    """Append this invocation's wall time to OUT/wall.json (runs are cached: an interrupted report is finished by
-    later invocations, and its time is their sum). Returns (total minutes, number of invocations)."""
+    """Append this invocation's wall time to OUT/wall.json (an interrupted report is finished by later
+    invocations, and its time is their sum). Returns (total minutes, number of invocations)."""
     path = Path(out) / "wall.json"
     minutes = (json.loads(path.read_text()) if path.exists() else []) + [round(seconds / 60, 1)]
     path.write_text(json.dumps(minutes))
     return sum(minutes), len(minutes)
 
 
-def write_report(results, cfg, args, wall, path):
-    quick = " (--quick: fewer seeds, updates and problems than the full report)" if args.quick else ""
-    n = cfg["n_test"]
-    out = [f"# Results at toy scale{quick}", "",
-           f"Command: `python reproduce.py {' '.join(sys.argv[1:])}`. Machine: {machine()}. Wall time: {wall[0]:.0f} min"
-           + (f" (over {wall[1]} invocations: an interrupted run resumes from its cached runs)." if wall[1] > 1 else "."),
-           "", f"Greedy accuracy (%) on {n} fixed test problems per task (one accuracy's standard error: "
-           f"{100 * math.sqrt(0.2 * 0.8 / n):.1f} points at 20%, {100 * math.sqrt(0.5 * 0.5 / n):.1f} at 50%); "
-           f"trained rows are mean ± std over {cfg['seeds']} training seeds from one SFT base. Every run: "
-           f"{cfg['updates']} gradient updates (optimiser steps), 8 prompts x G = 8 rollouts per rollout batch, "
-           "T = 16 steps over 40 tokens, rollouts alternating semi-AR (B = 10) and pure-Diff (B = 40). Learning "
-           "rates chosen on the val split (below).", ""]
-    for task, res in results.items():
-        out += [f"## {task}", "", "### Table 2 at toy scale", "", table2(res), ""]
-        out += ["Claims, column by column (semi-AR T, T/2, pure-Diff T, T/2): difference in points (± its standard "
-                "error)", "", "| claim | differences | verdict |", "|---|---|---|"]
-        rows, base, mdpo = res["rows"], res["rows"]["base"], res["rows"]["mdpo"]
-        claims = [("MDPO > diffu-GRPO", "MDPO > diffu-GRPO at equal updates (LCR)", mdpo, "lcr", rows["diffu-grpo"], "lcr"),
-                  ("RCR > LCR", "RCR (running max) > LCR, base", base, "rcr", base, "lcr"),
-                  ("RCR > LCR", "RCR (latest) > LCR, base", base, "rcr-latest", base, "lcr"),
-                  ("MDPO > base", "MDPO > base (LCR)", mdpo, "lcr", base, "lcr"),
-                  ("RCR > LCR", "MDPO + RCR (running max) > MDPO", mdpo, "rcr", mdpo, "lcr"),
-                  ("RCR > LCR", "MDPO + RCR (latest) > MDPO", mdpo, "rcr-latest", mdpo, "lcr")]
-        if "prefilter" in rows:
-            claims.append(("over-denoised prompts", "over-denoised prompts > random prompts (MDPO, LCR)",
-                           rows["prefilter"], "lcr", mdpo, "lcr"))
-        verdicts = [(key, *verdict_line(*c, n)) for key, *c in claims]
-        out += [line for _, line, _ in verdicts]
-        notes = {key: IF_NOT_MET[key] for key, _, met in verdicts if not met}
-        if notes:
-            out += ["", "Claims not clearly met here (a difference > 2 SE in at most half the columns), with the "
-                    "reason we think likely (written before this report's comparison tables were in) and the experiment that would tell:", ""]
-            out += [f"- **{key}.** {why}" for key, why in notes.items()]
-        out.append("")
-        if "longer" in res["curves"]:
-            png = Path(path).parent / f"{task}-efficiency.png"
-            plot_curves(res, task, cfg, png)
-            out += ["### Sample efficiency", "", f"![{task} sample efficiency]({png.name})", "",
-                    efficiency(res, task, cfg), ""]
-        od = Path(args.out) / task / "overdenoise"
-        fig = Path(path).parent / f"{task}-first-correct.png"
-        fig.write_bytes((od / "first_correct.png").read_bytes())
-        out += ["### Over-denoising of the base (Table 1, Fig. 3)", "", (od / "overdenoising.md").read_text().strip(), "",
-                f"![{task} first correct step]({fig.name})", ""]
-        if "kept" in res and "prefilter" not in res["rows"]:
-            out += ["### Pre-filter ablation (Section 3.3)", "", "The filter kept no training prompt: nothing to train.", ""]
-        if "prefilter" in res["rows"]:
-            out += ["### Pre-filter ablation (Section 3.3)", "", f"The filter kept {res['kept']} of "
-                    f"{cfg['n_train']} training prompts (over-denoised under greedy LCR with B = 10 or 40).", "",
-                    "| MDPO trained on | " + " | ".join(f"B={b} T={t}" for b, t in COLUMNS) + " |",
-                    "|---" * (len(COLUMNS) + 1) + "|",
-                    "| random prompts | " + " | ".join(mean_std(cell(res["rows"]["mdpo"], "lcr", c)) for c in COLUMNS) + " |",
-                    "| over-denoised prompts | " + " | ".join(mean_std(cell(res["rows"]["prefilter"], "lcr", c))
-                                                           for c in COLUMNS) + " |", ""]
-        se_val = 100 * math.sqrt(0.2 * 0.8 / cfg["n_val"])
-        out += ["### Learning-rate sweep (val split, seed 0)", "", f"Val accuracy (%) after {cfg['sweep_updates']} "
-                f"gradient updates, the mean of the last two scores on {cfg['n_val']} val problems (one score's standard "
-                f"error: {se_val:.1f} points at 20%: differences smaller than that do not rank the rates).", "",
-                "| algorithm | " + " | ".join(
-            f"lr {lr:g}" for lr in cfg["sweep"]) + " | chosen |", "|---" * (len(cfg["sweep"]) + 2) + "|"]
-        out += [f"| {a} | " + " | ".join(f"{res['sweep'][a, lr]:.1f}" for lr in cfg["sweep"]) + f" | {res['lr'][a]:g} |"
-                for a in ("mdpo", "diffu-grpo")] + [""]
-    Path(path).write_text("\n".join(out) + "\n")
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="all", choices=["toy-countdown", "toy-arith", "all"], help="which toy task(s)")
-    p.add_argument("--seeds", type=int, default=None, help="training seeds per row (default 3; --quick 2)")
-    p.add_argument("--quick", action="store_true", help="a preview: toy-countdown only, fewer updates and problems")
+    p.add_argument("--quick", action="store_true", help="a preview: 2 seeds, fewer steps and problems")
+    p.add_argument("--seeds", type=int, default=None, help="seeds (SFT base + RL) per row (default 3; --quick 2)")
     p.add_argument("--out", default=None, help="run cache (default out/reproduce, --quick out/reproduce-quick)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (default 2: the cores)")
     p.add_argument("--report", default=None, help="the report (default results/RESULTS.md, --quick "
@@ -385,18 +259,17 @@ def main(argv=None):
     cfg["seeds"] = args.seeds or cfg["seeds"]
     if cfg["seeds"] < 1:
         p.error(f"--seeds {cfg['seeds']}: must be >= 1")
-    tasks = ["toy-countdown"] if args.quick and args.task == "all" else (
-        ["toy-countdown", "toy-arith"] if args.task == "all" else [args.task])
-    args.out = Path(args.out or ("out/reproduce-quick" if args.quick else "out/reproduce"))
-    report = Path(args.report or ("results/RESULTS-quick.md" if args.quick else "results/RESULTS.md"))
-    report.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or ("out/reproduce-quick" if args.quick else "out/reproduce"))
+    path = Path(args.report or ("results/RESULTS-quick.md" if args.quick else "results/RESULTS.md"))
+    path.parent.mkdir(parents=True, exist_ok=True)
     t0, ctx = time.time(), multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool, tqdm(
-            total=round(estimate(tasks, cfg)), bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} "
-            "work-min [{elapsed}<{remaining}]") as bar:
-        results = run_all(tasks, cfg, args.out, pool, bar)
-    write_report(results, cfg, args, add_wall_time(args.out, time.time() - t0), report)
-    print(f"wrote {report} (runs cached in {args.out})")
+    fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} work-min [{elapsed}<{remaining}]"
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool, \
+            tqdm(total=round(estimate(cfg)), bar_format=fmt) as bar:
+        res = run_all(cfg, out, pool, bar)
+    command = "python tools/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report.write(res, command.strip(), add_wall_time(out, time.time() - t0), path, args.quick)
+    print(f"wrote {path} (runs cached in {out})")
 
 
 if __name__ == "__main__":
