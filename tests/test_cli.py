@@ -72,7 +72,7 @@ def test_help_shows_the_real_defaults(capsys):
         config.from_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "[toy: 3e-05 (sft 0.002); paper: 7e-07 (sft 1e-05)]" in text  # --lr
-    assert "[default: 1 (diffu-grpo 8 countdown, 12 math)]" in text  # --inner-steps
+    assert "[default: 1 (diffu-grpo and cj-grpo 8 countdown, 12 math; igpo 4)]" in text  # --inner-steps
     assert "[toy: 10,40; paper: 128,512]" in text and "[default: 8]" in text  # --block-lengths, --group-size
 
 
