@@ -67,7 +67,8 @@ def test_algorithm_defaults():
     assert (small.gen_length, small.steps) == (40, 16)
 
 
-def test_help_shows_the_real_defaults(capsys):
+def test_help_shows_the_real_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping: argparse would break lines at hyphens
     with pytest.raises(SystemExit):
         config.from_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
