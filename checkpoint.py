@@ -1,15 +1,17 @@
-"""Checkpoints of train.py: written atomically, resumable exactly (on one machine), sharded under FSDP.
+"""Checkpoints of train.py: written atomically, resumable exactly (on one machine), sharded
+under FSDP.
 
 A checkpoint is a directory (OUT/last, OUT/best):
   dcp/               model and optimiser state, torch.distributed.checkpoint format: under FSDP
-  every rank writes
-                     and reads only its own shards (no rank gathers the 8B model and its AdamW
-                     state), and a resume on another number of ranks reshards on load;
-  trainer_state.pt   step, data position, best held-out accuracy, the world size and every rank's
-  RNG state; config.json + weights + tokenizer   the consolidated model (save_pretrained), what
-  sample.py / eval.py load.
-                     Under FSDP it is gathered only when asked (`full_weights`: the final and the
-                     best model).
+                     every rank writes and reads only its own shards (no rank gathers the 8B
+                     model and its AdamW state), and a resume on another number of ranks
+                     reshards on load;
+  trainer_state.pt   step, data position, best held-out accuracy, the world size and every
+                     rank's RNG state;
+  config.json + weights + tokenizer
+                     the consolidated model (save_pretrained), what sample.py / eval.py load.
+                     Under FSDP it is gathered only when asked (`full_weights`: the final and
+                     the best model).
 Each save goes to PATH.tmp and is renamed into place, so a crash leaves the previous checkpoint
 whole; a Ctrl-C that arrives during a save is held until the save is complete (the collective save
 must not stop half-way).
@@ -30,12 +32,14 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 import distributed
 
-QUIET = "torch.distributed is disabled, unavailable or uninitialized"  # one process: what every toy run means
+# one process: what every toy run means
+QUIET = "torch.distributed is disabled, unavailable or uninitialized"
 
 
 @contextlib.contextmanager
 def ctrl_c_held():
-    """Hold a SIGINT that arrives inside the block and raise it (KeyboardInterrupt) once the block is done."""
+    """Hold a SIGINT that arrives inside the block and raise it (KeyboardInterrupt) once the block
+    is done."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -50,21 +54,24 @@ def ctrl_c_held():
 
 
 def save(path, model, tok, optimizer, state, rank, full_weights=True):
-    """Every rank calls it. state: small picklable dict (step, pos, best, gen = one RNG state per rank, ...).
-    full_weights: also write the consolidated model (gathered onto rank 0's CPU when the model is
-    sharded)."""
+    """Every rank calls it. state: small picklable dict (step, pos, best, gen = one RNG state per
+    rank, ...). full_weights: also write the consolidated model (gathered onto rank 0's CPU when
+    the model is sharded)."""
     with ctrl_c_held():  # a Ctrl-C now would stop the ranks' collective save half-way
         path, tmp, old = Path(path), Path(f"{path}.tmp"), Path(f"{path}.old")
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         distributed.barrier()
-        weights, optim = get_state_dict(model, optimizer)  # sharded (DTensor) under FSDP, plain tensors otherwise
+        # sharded (DTensor) under FSDP, plain tensors otherwise
+        weights, optim = get_state_dict(model, optimizer)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=QUIET)
-            dcp.save({"model": weights, "optim": optim}, checkpoint_id=tmp / "dcp", no_dist=not dist.is_initialized())
+            dcp.save({"model": weights, "optim": optim}, checkpoint_id=tmp / "dcp",
+                     no_dist=not dist.is_initialized())
         if full_weights:
-            full = get_state_dict(model, [], options=StateDictOptions(full_state_dict=True, cpu_offload=True))[0]
+            full = get_state_dict(
+                model, [], options=StateDictOptions(full_state_dict=True, cpu_offload=True))[0]
             if rank == 0:
                 model.save_pretrained(tmp, state_dict=full)
         if rank == 0:
@@ -78,14 +85,15 @@ def save(path, model, tok, optimizer, state, rank, full_weights=True):
 
 
 def load(path, model, optimizer):
-    """Restore model and optimiser in place from PATH/dcp (resharding if the world size changed); returns
-    the trainer state written by `save`."""
+    """Restore model and optimiser in place from PATH/dcp (resharding if the world size changed);
+    returns the trainer state written by `save`."""
     weights, optim = get_state_dict(model, optimizer)
     loaded = {"model": weights, "optim": optim}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=QUIET)
         dcp.load(loaded, checkpoint_id=Path(path) / "dcp", no_dist=not dist.is_initialized())
-    set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    set_state_dict(model, optimizer, model_state_dict=loaded["model"],
+                   optim_state_dict=loaded["optim"])
     return trainer_state(path)
 
 
@@ -100,7 +108,8 @@ def trainer_state(path):
         return torch.load(file, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{file}: not a trainer state written by train.py, refused unread ({first})") from None
+        raise ValueError(f"{file}: not a trainer state written by train.py, refused unread "
+                         f"({first})") from None
 
 
 def saved_step(path):
@@ -108,32 +117,37 @@ def saved_step(path):
 
 
 def latest(out):
-    """OUT/last, or OUT/last.old if a crash hit between the two renames of `save`; None if neither is there."""
-    return next((Path(out) / n for n in ("last", "last.old") if (Path(out) / n / "trainer_state.pt").exists()), None)
+    """OUT/last, or OUT/last.old if a crash hit between the two renames of `save`; None if neither
+    is there."""
+    return next((Path(out) / n for n in ("last", "last.old")
+                 if (Path(out) / n / "trainer_state.pt").exists()), None)
 
 
 def resume_point(cfg, may_change=()):
-    """The checkpoint to continue from, or None to start afresh. A rerun never destroys a run: with the same
-    settings (up to the keys in may_change, and flags the run's version did not have) it
+    """The checkpoint to continue from, or None to start afresh. A rerun never destroys a run: with
+    the same settings (up to the keys in may_change, and flags the run's version did not have) it
     continues; with other settings it stops, naming --resume (continue with the new settings) and
     how to start over. The checkpoint's trainer state is read here, so that a bad one fails
     before any model loads."""
     import config
     out, mine = Path(cfg.out), config.as_dict(cfg)
     saved, last = saved_config(out), latest(out)
-    diff = [k for k in mine if k not in may_change and saved is not None and k in saved and saved[k] != mine[k]]
+    diff = [k for k in mine
+            if k not in may_change and saved is not None and k in saved and saved[k] != mine[k]]
     if diff and not cfg.resume:
         said = "; ".join(f"--{k.replace('_', '-')} {config.show_json(saved.get(k))} there, "
                          f"{config.show_json(mine[k])} here" for k in diff[:3])
-        raise ValueError(f"--out {out} holds a run with other settings ({said}). Pass --resume to continue it with "
-                         f"these settings, or choose another --out (or delete {out}) to start over")
+        raise ValueError(f"--out {out} holds a run with other settings ({said}). "
+                         "Pass --resume to continue it with these settings, "
+                         f"or choose another --out (or delete {out}) to start over")
     if last is not None:
         trainer_state(last)
     return last
 
 
 def check_writable(path, what):
-    """Create the directory `path` and check that a file can be written there; a ValueError names `what`."""
+    """Create the directory `path` and check that a file can be written there; a ValueError names
+    `what`."""
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path}: is a file, not a directory")
     try:

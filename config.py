@@ -78,8 +78,9 @@ class Config:
 # The paper's setting (App. A.3, Section 3.1). Activation checkpointing is on: LLaDA's attention can
 # take the math (unfused) path with padded prompts, and without checkpointing its (b, heads, S, S)
 # scores put the train phase near 80 GB per GPU at prompts of ~550 tokens (tools/memory.py).
-PAPER = dict(gen_length=512, block_lengths=(128, 512), steps=128, temperature=0.4, prompts_per_update=16,
-             lr=7e-7, max_updates=100, eval_batch_size=8, activation_checkpointing=True)
+PAPER = dict(gen_length=512, block_lengths=(128, 512), steps=128, temperature=0.4,
+             prompts_per_update=16, lr=7e-7, max_updates=100, eval_batch_size=8,
+             activation_checkpointing=True)
 # What each preset and algorithm changes in Config's defaults. diffu-GRPO's inner_steps also depends
 # on the task's kind (d1: 12 for math, 8 for countdown), and so does CJ-GRPO's: `defaults` adds it.
 DEFAULTS = {
@@ -111,16 +112,17 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
              "directory / HF name (paper: GSAI-ML/LLaDA-8B-Instruct)",
     "trust_remote_code": "allow the model's own code (needed for LLaDA)",
     "mask_id": "[MASK] id if the tokenizer does not say (LLaDA: 126336)",
-    "shifted_logits": "the model predicts token i from position i - 1 (Dream-style, adapted from an AR LM); "
-                      "read from the model's config when it says so",
+    "shifted_logits": "the model predicts token i from position i - 1 (Dream-style, adapted from "
+                      "an AR LM); read from the model's config when it says so",
     "task": "reward and held-out set: " + ", ".join(tasks.TASKS),
-    "train_file": "training prompts (.jsonl / .csv, formats in README), e.g. the paper's over-denoising "
-                  "subset ../shared/data/math_overdenoising_llada_epoch1.csv; toy tasks generate theirs",
+    "train_file": "training prompts (.jsonl / .csv, formats in README), e.g. the paper's "
+                  "over-denoising subset ../shared/data/math_overdenoising_llada_epoch1.csv; "
+                  "toy tasks generate theirs",
     "eval_data": "held-out set of --eval-every (toy tasks: the val split; else the task's file)",
     "n_train": "toy training problems to generate",
     "n_eval": "held-out problems of --eval-every (val) and of the toy's final table (test)",
-    "prefilter": "overdenoise: train only on prompts greedy decoding gets right at some step but wrong "
-                 "at the end (Section 3.3; paper: on)",
+    "prefilter": "overdenoise: train only on prompts greedy decoding gets right at some step "
+                 "but wrong at the end (Section 3.3; paper: on)",
     "format_score": "countdown reward of a well-formed wrong answer (paper: 0, binary; d1: 0.1)",
     "preset": "toy or paper (default: toy for the toy tasks, paper for the others)",
     "algo": "sft = Eq. 1 on reference completions; mdpo; diffu-grpo = d1's baseline; cj-grpo, igpo "
@@ -129,7 +131,8 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "block_lengths": "block sizes of the rollouts, alternating over groups (Section 3.4's mixture)",
     "steps": "denoising steps T of a rollout",
     "remasking": "remasking of the rollouts: " + ", ".join(sample.REMASKING),
-    "eoser": "EOS Early Rejection in the rollouts (remask.py; gamma from the reference's 0.4 up to 1)",
+    "eoser": "EOS Early Rejection in the rollouts (remask.py; gamma from the reference's 0.4 "
+             "up to 1)",
     "temperature": "rollout temperature > 0 (LLaDA: 0.4, the authors' README command)",
     "group_size": "G rollouts per prompt (paper 8)",
     "prompts_per_update": "prompts per update over all ranks (paper 16)",
@@ -139,19 +142,20 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "eps": "clip range of Eq. 5 (MDPO: 0.2; d1: 0.5)",
     "beta": "KL weight (MDPO: 0.08, the authors' README 0.02; d1: 0.04)",
     "inner_steps": "mu optimiser steps per batch of rollouts (MDPO 1; d1 12 math, 8 countdown)",
-    "p_mask": "diffu-GRPO, IGPO: prompt masking rate of the one-step log-prob input (d1 0.15, IGPO 0)",
-    "igpo_ratio": "IGPO's importance ratio: token (per token; the entropy filter acts through it) or "
-                  "sequence (GSPO's, IGPO's run scripts)",
-    "igpo_entropy_keep": "IGPO: share of the hint tokens kept in the loss, those of highest entropy (IGPO "
-                         "0.2; 1 = no filter)",
+    "p_mask": "diffu-GRPO, IGPO: prompt masking rate of the one-step log-prob input "
+              "(d1 0.15, IGPO 0)",
+    "igpo_ratio": "IGPO's importance ratio: token (per token; the entropy filter acts through "
+                  "it) or sequence (GSPO's, IGPO's run scripts)",
+    "igpo_entropy_keep": "IGPO: share of the hint tokens kept in the loss, those of highest "
+                         "entropy (IGPO 0.2; 1 = no filter)",
     "lr": "AdamW learning rate (paper 7e-7)",
     "max_updates": "batches of rollouts (paper 100); SFT: optimiser steps",
     "lr_schedule": "constant (paper) or cosine decay to 0 over --max-updates",
     "micro_batch": "sequences per forward/backward; the rest is accumulated",
     "grad_clip": "max gradient norm",
     "fsdp": "shard model, gradients, optimiser and reference with FSDP2",
-    "precision": "compute dtype of rollouts, evaluation and forwards (bf16 on CUDA); master weights, "
-                 "gradient reduction and AdamW stay fp32",
+    "precision": "compute dtype of rollouts, evaluation and forwards (bf16 on CUDA); master "
+                 "weights, gradient reduction and AdamW stay fp32",
     "activation_checkpointing": "recompute each block in the backward",
     "out": "output dir: config.json, log.jsonl, last/, best/, table.md, plot.png",
     "resume": "continue OUT's run even if its settings differ from these",
@@ -160,9 +164,10 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "eval_batch_size": "prompts per forward when evaluating",
     "seed": "base seed (each rank adds its rank)",
 }
-CHOICES = {"task": tasks.TASKS, "prefilter": ("none", "overdenoise"), "preset": PRESETS, "algo": ALGOS,
-           "remasking": sample.REMASKING, "loss_norm": mdpo.LOSS_NORMS, "lr_schedule": ("constant", "cosine"),
-           "precision": ("bf16", "fp32"), "igpo_ratio": ("token", "sequence")}
+CHOICES = {"task": tasks.TASKS, "prefilter": ("none", "overdenoise"), "preset": PRESETS,
+           "algo": ALGOS, "remasking": sample.REMASKING, "loss_norm": mdpo.LOSS_NORMS,
+           "lr_schedule": ("constant", "cosine"), "precision": ("bf16", "fp32"),
+           "igpo_ratio": ("token", "sequence")}
 MAY_CHANGE = {"resume", "save_every", "eval_every", "eval_batch_size"}  # between a run's sessions
 
 
@@ -188,14 +193,16 @@ def show(value):
 
 
 def show_json(value):
-    """A value as read back from config.json (a list for block_lengths), written as its flag takes it."""
+    """A value as read back from config.json (a list for block_lengths), written as its flag
+    takes it."""
     return show(tuple(value)) if isinstance(value, list) else str(value)
 
 
 def parser(description=None):
     """The command line. Flags left out are not in the parsed namespace (argparse.SUPPRESS), so that
     `from_args` can tell them from flags given with the default's value."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(Config):
         flag, kind = "--" + f.name.replace("_", "-"), type(f.default)
@@ -213,7 +220,8 @@ def parser(description=None):
 
 
 def from_args(argv=None, description=None):
-    """Parse argv into a checked Config: defaults of the preset and algorithm, then the flags given."""
+    """Parse argv into a checked Config: defaults of the preset and algorithm, then the flags
+    given."""
     p = parser(description)
     given = vars(p.parse_args(argv))
     algo, task = given.get("algo", Config.algo), given.get("task", Config.task)
@@ -233,9 +241,9 @@ def from_args(argv=None, description=None):
     return cfg
 
 
-AT_LEAST = dict(gen_length=1, steps=1, group_size=2, prompts_per_update=1, top_c=1, beta=0, inner_steps=1,
-                p_mask=0, max_updates=1, micro_batch=1, save_every=1, eval_every=0, eval_batch_size=1,
-                n_train=1, n_eval=1, format_score=0, mask_id=0)
+AT_LEAST = dict(gen_length=1, steps=1, group_size=2, prompts_per_update=1, top_c=1, beta=0,
+                inner_steps=1, p_mask=0, max_updates=1, micro_batch=1, save_every=1, eval_every=0,
+                eval_batch_size=1, n_train=1, n_eval=1, format_score=0, mask_id=0)
 
 
 def check(cfg):
@@ -244,7 +252,8 @@ def check(cfg):
         value = getattr(cfg, key)
         if value is not None and value < low:
             return f"--{key.replace('_', '-')} {value}: must be >= {low}"
-    positive = ("lr", "grad_clip") if cfg.algo == "sft" else ("eps", "lr", "grad_clip", "temperature")
+    positive = (("lr", "grad_clip") if cfg.algo == "sft"
+                else ("eps", "lr", "grad_clip", "temperature"))
     for key in positive:
         if getattr(cfg, key) <= 0:
             why = (" (greedy rollouts of a group are all the same: every advantage would be 0)"
@@ -254,11 +263,13 @@ def check(cfg):
     n_blocks = [cfg.gen_length // b for b in cfg.block_lengths]
     toy_task = cfg.task in tasks.TOY_TASKS
     checks = [
-        ("--block-lengths", show(cfg.block_lengths), all(cfg.gen_length % b == 0 for b in cfg.block_lengths),
+        ("--block-lengths", show(cfg.block_lengths),
+         all(cfg.gen_length % b == 0 for b in cfg.block_lengths),
          f"sizes that divide --gen-length {cfg.gen_length}"),
         ("--steps", cfg.steps, all(cfg.steps % n == 0 for n in n_blocks),
          f"a multiple of every block count {n_blocks}"),
-        ("--prompts-per-update", cfg.prompts_per_update, cfg.algo == "sft" or cfg.prompts_per_update % world == 0,
+        ("--prompts-per-update", cfg.prompts_per_update,
+         cfg.algo == "sft" or cfg.prompts_per_update % world == 0,
          f"a multiple of the {world} processes (each rank keeps whole groups)"),
         ("--p-mask", cfg.p_mask, cfg.p_mask < 1, "< 1"),
         ("--format-score", cfg.format_score, cfg.format_score < 1, "< 1"),
@@ -266,12 +277,13 @@ def check(cfg):
          f"a model path or HF name: the toy model knows only the toy tasks, not --task {cfg.task}"),
     ]
     if cfg.algo == "igpo" and cfg.fsdp:
-        return ("--fsdp with --algo igpo: ranks retry different numbers of all-wrong groups, and FSDP's "
-                "gathers need every rank in every forward; use DDP")
+        return ("--fsdp with --algo igpo: ranks retry different numbers of all-wrong groups, "
+                "and FSDP's gathers need every rank in every forward; use DDP")
     if not 0 < cfg.igpo_entropy_keep <= 1:
         return f"--igpo-entropy-keep {cfg.igpo_entropy_keep}: must be in (0, 1]"
     if not (toy_task or cfg.algo == "sft" or cfg.train_file):
-        return f"--train-file is needed: --task {cfg.task} generates no training prompts (toy tasks do)"
+        return (f"--train-file is needed: --task {cfg.task} generates no training prompts "
+                "(toy tasks do)")
     for flag, value, ok, allowed in checks:
         if not ok:
             return f"{flag} {value}: must be {allowed}"

@@ -1,4 +1,5 @@
-"""Plain torch.distributed for train.py and eval.py: setup, teardown, and the few collectives they use.
+"""Plain torch.distributed for train.py and eval.py: setup, teardown, and the few
+collectives they use.
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them a script is one plain process (rank 0 of
 1) and runs the same code path. Backend nccl on CUDA (each rank on cuda:LOCAL_RANK), gloo on CPU.
@@ -13,8 +14,8 @@ from tqdm import tqdm
 
 
 def setup_distributed(device=None):
-    """(rank, world size, device). `device`: "cpu", "cuda" or None (CUDA when available); under torchrun a CUDA
-    device becomes cuda:LOCAL_RANK."""
+    """(rank, world size, device). `device`: "cpu", "cuda" or None (CUDA when available); under
+    torchrun a CUDA device becomes cuda:LOCAL_RANK."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if "RANK" not in os.environ:
         return 0, 1, device
@@ -26,14 +27,15 @@ def setup_distributed(device=None):
 
 
 def cleanup_distributed():
-    """Tear the process group down, last. Whatever holds it (a DDP or FSDP model) must be gone by now:
-    gloo's destructor joins its worker thread while holding the GIL, and that thread may need the
-    GIL to free its last work item. If a model that still references the group is the one to free
-    it, the two wait on each other forever (seen in CI); destroy_process_group releases the GIL
+    """Tear the process group down, last. Whatever holds it (a DDP or FSDP model) must be gone by
+    now: gloo's destructor joins its worker thread while holding the GIL, and that thread may need
+    the GIL to free its last work item. If a model that still references the group is the one to
+    free it, the two wait on each other forever (seen in CI); destroy_process_group releases the GIL
     while it waits, so the group must die there.
     """
     if dist.is_initialized():
-        gc.collect()  # models caught in reference cycles drop the group now, while the registry still holds it
+        # models caught in reference cycles drop the group now, while the registry still holds it
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
@@ -67,8 +69,9 @@ def print0(*a):
 
 
 def pad_micro_batches(items, empty):
-    """Pad this rank's micro-batches with `empty(item)` copies (zero loss, the same collectives) up to the largest
-    count over ranks: DDP and FSDP need every rank to run the same forwards and backwards."""
+    """Pad this rank's micro-batches with `empty(item)` copies (zero loss, the same collectives) up
+    to the largest count over ranks: DDP and FSDP need every rank to run the same forwards and
+    backwards."""
     most = max(all_gather_list([len(items)]))
     if most > len(items) and not items:
         raise RuntimeError("this rank has no micro-batch to pad from while another rank has some")
@@ -77,43 +80,50 @@ def pad_micro_batches(items, empty):
 
 # --------------------------------------------------------------------------- precision and sharding
 def autocast(precision, device):
-    """bf16 compute (precision "bf16") around every forward: rollouts, evaluation, reference and training.
-    Weights stay fp32 (the optimiser's master copy); CPU autocast runs bf16 too, so the path is
-    testable here."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """bf16 compute (precision "bf16") around every forward: rollouts, evaluation, reference and
+    training. Weights stay fp32 (the optimiser's master copy); CPU autocast runs bf16 too, so the
+    path is testable here."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                          enabled=precision == "bf16")
 
 
 def blocks(model):
-    """The transformer blocks: the modules named in HF's _no_split_modules (LLaDA's and the toy's)."""
-    return [m for m in model.modules() if type(m).__name__ in (getattr(model, "_no_split_modules", None) or [])]
+    """The transformer blocks: the modules named in HF's _no_split_modules (LLaDA's and the
+    toy's)."""
+    return [m for m in model.modules()
+            if type(m).__name__ in (getattr(model, "_no_split_modules", None) or [])]
 
 
 def shard(model, precision, reshard_root=False):
-    """FSDP2: one unit per block, then the root (which keeps what the blocks do not: embeddings, output layer). Parameters, gradients and optimiser state live sharded; a unit's
-    parameters are gathered in bf16 (precision "bf16") for its forward and backward; gradients
-    reduce in fp32."""
+    """FSDP2: one unit per block, then the root (which keeps what the blocks do not: embeddings,
+    output layer). Parameters, gradients and optimiser state live sharded; a unit's parameters are
+    gathered in bf16 (precision "bf16") for its forward and backward; gradients reduce in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if precision == "bf16" else None,
                                   reduce_dtype=torch.float32)
     uses = collections.Counter(id(q) for _, q in model.named_parameters(remove_duplicate=False))
-    for block in blocks(model):  # a block holding a tied weight (BERT's embeddings) stays with the root
+    # a block holding a tied weight (BERT's embeddings) stays with the root
+    for block in blocks(model):
         if all(uses[id(q)] == 1 for q in block.parameters()):
             fully_shard(block, mp_policy=policy)
     # FSDP2 keeps a root's parameters gathered from its forward until its backward; a model that
     # never runs a backward (the frozen reference) would keep them for good: reshard_root frees them
     # after every forward
-    return fully_shard(model, mp_policy=policy, reshard_after_forward=True if reshard_root else None)
+    return fully_shard(model, mp_policy=policy,
+                       reshard_after_forward=True if reshard_root else None)
 
 
 def back_to_training(model, fsdp):
-    """After rollouts or an evaluation: train mode, and under FSDP free the root unit their forwards left gathered."""
+    """After rollouts or an evaluation: train mode, and under FSDP free the root unit their
+    forwards left gathered."""
     if fsdp:
         model.reshard()
     model.train()
 
 
 def checkpoint_blocks(model):
-    """Activation checkpointing: every block recomputes its forward in the backward instead of keeping it."""
+    """Activation checkpointing: every block recomputes its forward in the backward instead of
+    keeping it."""
     import functools
     from torch.utils.checkpoint import checkpoint as recompute
     for block in blocks(model):

@@ -1,9 +1,12 @@
-"""Evaluation: the paper's Table 2 grid and its over-denoising analysis (Table 1, Fig. 3, Section 3.3).
+"""Evaluation: the paper's Table 2 grid and its over-denoising analysis
+(Table 1, Fig. 3, Section 3.3).
 
+    # CPU
     python eval.py --model out/toy-base/last --task toy-arith --out runs/eval-toy --trajectory-stats
-    # CPU python eval.py --model GSAI-ML/LLaDA-8B-Instruct --trust-remote-code --task math500 --out
-    runs/llada torchrun --nproc_per_node 8 eval.py ...        # each rank scores examples[rank::8],
-    rank 0 merges
+    python eval.py --model GSAI-ML/LLaDA-8B-Instruct --trust-remote-code --task math500 \\
+        --out runs/llada
+    # each rank scores examples[rank::8], rank 0 merges
+    torchrun --nproc_per_node 8 eval.py ...
 
 Every (remasking, schedule, block size, steps) setting runs on every example: DIR/samples.jsonl
 holds one row per example and setting (a rerun skips the rows already there), DIR/table.md the
@@ -45,15 +48,17 @@ import rewards
 import sample
 import tasks
 
-REMASKING_NAMES = {"lcr": "LCR (Eq. 9, LLaDA)", "rcr": "RCR, running max (Eq. 10, the paper's text)",
-                   "rcr-latest": "RCR, latest confidence (the authors' code; Table 2's RCR)", "random": "random (Eq. 8)"}
+REMASKING_NAMES = {"lcr": "LCR (Eq. 9, LLaDA)",
+                   "rcr": "RCR, running max (Eq. 10, the paper's text)",
+                   "rcr-latest": "RCR, latest confidence (the authors' code; Table 2's RCR)",
+                   "random": "random (Eq. 8)"}
 
 
 # --------------------------------------------------------------------------- generation and scoring
 def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, steps, remasking="lcr",
-             schedule="linear", temperature=0.0, top_p=1.0, eoser_gamma_min=None, batch_size=16, mask_id,
-             system=None, format_score=0.0, trajectory=False, progress=True, desc=None, generator=None,
-             on_batch=None):
+             schedule="linear", temperature=0.0, top_p=1.0, eoser_gamma_min=None, batch_size=16,
+             mask_id, system=None, format_score=0.0, trajectory=False, progress=True, desc=None,
+             generator=None, on_batch=None):
     """Generate for every example and score it -> one row per example, in order:
     {"completion", "reward", "correct"} plus "step_rewards" (T floats, r(x_t) of every step) when
     trajectory=True. on_batch(start, rows), if given, sees each batch's rows as soon as they are
@@ -64,21 +69,26 @@ def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, step
     with tqdm(total=len(examples), desc=desc, disable=not progress) as bar:
         for start in range(0, len(examples), batch_size):
             batch = examples[start:start + batch_size]
-            ids, attn = models.encode_prompts(tokenizer, texts[start:start + batch_size], system)  # (B, P) each
-            result = sample.generate(model, ids.to(device), attention_mask=attn.to(device), gen_length=gen_length,
-                                     block_length=block_length, steps=steps, remasking=remasking,
-                                     schedule=None if schedule == "linear" else schedule,  # rcr-latest: its own linear
-                                     temperature=temperature, top_p=top_p, mask_id=mask_id, record=trajectory,
-                                     eoser_gamma_min=eoser_gamma_min, eos_id=tokenizer.eos_token_id,
-                                     generator=generator)
+            ids, attn = models.encode_prompts(tokenizer, texts[start:start + batch_size],
+                                              system)  # (B, P) each
+            result = sample.generate(model, ids.to(device), attention_mask=attn.to(device),
+                                     gen_length=gen_length, block_length=block_length, steps=steps,
+                                     remasking=remasking,
+                                     # rcr-latest: its own linear
+                                     schedule=None if schedule == "linear" else schedule,
+                                     temperature=temperature, top_p=top_p, mask_id=mask_id,
+                                     record=trajectory, eoser_gamma_min=eoser_gamma_min,
+                                     eos_id=tokenizer.eos_token_id, generator=generator)
             x, traj = result if trajectory else (result, None)  # x (B, P + L)
             rows = []
-            for completion, ex in zip(tasks.completion_texts(tokenizer, x[:, ids.shape[1]:]), batch):
+            for completion, ex in zip(tasks.completion_texts(tokenizer, x[:, ids.shape[1]:]),
+                                      batch):
                 r = rewards.reward(task, completion, ex, format_score)
                 rows.append({"completion": completion, "reward": r, "correct": r == 1.0})
             if trajectory:
                 step_texts = tasks.step_texts(tokenizer, traj.x_pred)
-                for row, sr in zip(rows, rewards.score_trajectory(step_texts, task, batch, format_score).tolist()):
+                for row, sr in zip(rows, rewards.score_trajectory(step_texts, task, batch,
+                                                                  format_score).tolist()):
                     row["step_rewards"] = sr  # (T,)
             if on_batch is not None:
                 on_batch(start, rows)
@@ -88,44 +98,50 @@ def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, step
 
 
 def sharded_accuracy(model, tok, examples, args, mask_id, remasking, block_length, rank, world):
-    """Greedy accuracy of a model being trained (train.py's args), each rank scoring examples[rank::world].
-    Returns (accuracy over all ranks, step rewards (N_shard, T) of this rank's shard). Shards are
-    padded to equal length (the padding is not counted), so every rank runs the same forwards
-    (FSDP gathers are collectives)."""
+    """Greedy accuracy of a model being trained (train.py's args), each rank scoring
+    examples[rank::world]. Returns (accuracy over all ranks, step rewards (N_shard, T) of this
+    rank's shard). Shards are padded to equal length (the padding is not counted), so every rank
+    runs the same forwards (FSDP gathers are collectives)."""
     shard = examples[rank::world]
     padded = shard + examples[: -(-len(examples) // world) - len(shard)]
     device = next(model.parameters()).device
     with distributed.autocast(args.precision, device):
-        rows = evaluate(model, tok, padded, args.task, gen_length=args.gen_length, block_length=block_length,
-                        steps=args.steps, remasking=remasking, mask_id=mask_id, trajectory=True, progress=False,
-                        batch_size=args.eval_batch_size, format_score=args.format_score)[: len(shard)]
+        rows = evaluate(model, tok, padded, args.task, gen_length=args.gen_length,
+                        block_length=block_length, steps=args.steps, remasking=remasking,
+                        mask_id=mask_id, trajectory=True, progress=False,
+                        batch_size=args.eval_batch_size,
+                        format_score=args.format_score)[: len(shard)]
     correct, n = distributed.all_sum([sum(r["correct"] for r in rows), len(rows)], device)
-    return correct / max(n, 1), torch.tensor([r["step_rewards"] for r in rows]).reshape(len(rows), args.steps)
+    return (correct / max(n, 1),
+            torch.tensor([r["step_rewards"] for r in rows]).reshape(len(rows), args.steps))
 
 
 def prefilter(model, tok, examples, args, mask_id, rank, world):
-    """Section 3.3: keep the prompts that greedy decoding gets right at some step but wrong at the end (under
-    any of the rollouts' block sizes). Cached in OUT/prefilter.jsonl."""
+    """Section 3.3: keep the prompts that greedy decoding gets right at some step but wrong at the
+    end (under any of the rollouts' block sizes). Cached in OUT/prefilter.jsonl."""
     cache = Path(args.out) / "prefilter.jsonl"
     if cache.exists():
         return [json.loads(line) for line in cache.read_text().splitlines()]
     keep = torch.zeros(len(examples[rank::world]), dtype=torch.bool)
     for block in args.block_lengths:
-        keep |= overdenoised(sharded_accuracy(model, tok, examples, args, mask_id, "lcr", block, rank, world)[1])
-    kept = distributed.all_gather_list([ex for ex, k in zip(examples[rank::world], keep.tolist()) if k])
+        keep |= overdenoised(sharded_accuracy(model, tok, examples, args, mask_id, "lcr", block,
+                                              rank, world)[1])
+    kept = distributed.all_gather_list([ex for ex, k in zip(examples[rank::world], keep.tolist())
+                                        if k])
     if not kept:
-        raise ValueError(f"the over-denoising pre-filter kept none of {len(examples)} training prompts: "
-                         "use --prefilter none")
+        raise ValueError(f"the over-denoising pre-filter kept none of {len(examples)} training "
+                         "prompts: use --prefilter none")
     if rank == 0:
         cache.write_text("".join(json.dumps(ex) + "\n" for ex in kept))
-    distributed.print0(f"pre-filter: {len(kept)} of {len(examples)} training prompts are over-denoised, kept")
+    distributed.print0(f"pre-filter: {len(kept)} of {len(examples)} training prompts are "
+                       "over-denoised, kept")
     return kept
 
 
 def compare(checkpoints, examples, args, rank, world, device):
-    """Greedy accuracy of each model {name: path} with LCR and both RCRs at every block size (the toy
-    pipeline's before / after) -> a markdown table with its caption and, for two models, a line per column
-    saying before -> after."""
+    """Greedy accuracy of each model {name: path} with LCR and both RCRs at every block size (the
+    toy pipeline's before / after) -> a markdown table with its caption and, for two models, a line
+    per column saying before -> after."""
     cols = [(r, b) for b in args.block_lengths for r in ("lcr", "rcr", "rcr-latest")]
     accuracies = {}
     with tqdm(total=len(checkpoints) * len(cols), desc="test accuracy", disable=rank != 0) as bar:
@@ -135,15 +151,17 @@ def compare(checkpoints, examples, args, rank, world, device):
             mask_id = models.resolve_mask_id(tok, model, args.mask_id)
             accuracies[name] = []
             for r, b in cols:
-                accuracies[name].append(100 * sharded_accuracy(model, tok, examples, args, mask_id, r, b,
-                                                               rank, world)[0])
+                accuracies[name].append(100 * sharded_accuracy(model, tok, examples, args,
+                                                               mask_id, r, b, rank, world)[0])
                 bar.update(1)
-    lines = [f"Greedy accuracy (%) on {len(examples)} held-out {args.task} test problems, gen length "
-             f"{args.gen_length}, {args.steps} steps; B = block size (B = {args.gen_length}: pure-Diff). "
+    lines = [f"Greedy accuracy (%) on {len(examples)} held-out {args.task} test problems, "
+             f"gen length {args.gen_length}, {args.steps} steps; "
+             f"B = block size (B = {args.gen_length}: pure-Diff). "
              "Models: " + ", ".join(f"{n} = {p}" for n, p in checkpoints.items()) + ".", "",
              "| model | " + " | ".join(f"{r.upper()} B={b}" for r, b in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{a:.1f}" for a in accs) + " |" for name, accs in accuracies.items()]
+    lines += [f"| {name} | " + " | ".join(f"{a:.1f}" for a in accs) + " |"
+              for name, accs in accuracies.items()]
     lines += [""] + [f"- {m.upper()}: {REMASKING_NAMES[m]}" for m in ("lcr", "rcr", "rcr-latest")]
     if len(accuracies) == 2:
         (before_name, before), (after_name, after) = accuracies.items()
@@ -155,7 +173,8 @@ def compare(checkpoints, examples, args, rank, world, device):
 
 # ------------------------------------------------------------------------ over-denoising statistics
 def overdenoised(step_rewards):
-    """Correct (reward 1) at some step before the last but wrong at the last. (N, T) -> bool (N,)."""
+    """Correct (reward 1) at some step before the last but wrong at the last.
+    (N, T) -> bool (N,)."""
     correct = step_rewards == 1.0  # (N, T)
     return correct[:, :-1].any(1) & ~correct[:, -1]
 
@@ -163,13 +182,15 @@ def overdenoised(step_rewards):
 def longest_correct_span(correct):
     """Most consecutive correct steps of each trajectory (Fig. 3 left). bool (N, T) -> long (N,)."""
     t = torch.arange(correct.shape[1])  # (T,)
-    last_wrong = torch.where(correct, -1, t).cummax(1).values  # (N, T) latest wrong step at or before t
+    # latest wrong step at or before t
+    last_wrong = torch.where(correct, -1, t).cummax(1).values  # (N, T)
     return (t - last_wrong).max(1).values  # run of correct steps ending at t is t - last_wrong
 
 
 def n_correct_spans(correct):
     """Number of separate runs of correct steps (Fig. 3 middle). bool (N, T) -> long (N,)."""
-    return correct[:, 0].long() + (correct[:, 1:] & ~correct[:, :-1]).sum(1)  # runs start where 0 -> 1
+    # runs start where 0 -> 1
+    return correct[:, 0].long() + (correct[:, 1:] & ~correct[:, :-1]).sum(1)
 
 
 def first_correct_fraction(correct):
@@ -180,27 +201,30 @@ def first_correct_fraction(correct):
 
 
 def overdenoise_stats(step_rewards):
-    """Table 1 and Fig. 3 numbers of one setting from its (N, T) step rewards. Span statistics are over
-    the over-denoised rows (the samples Fig. 3 analyses); their means are nan when there are
+    """Table 1 and Fig. 3 numbers of one setting from its (N, T) step rewards. Span statistics are
+    over the over-denoised rows (the samples Fig. 3 analyses); their means are nan when there are
     none."""
     correct, od = step_rewards == 1.0, overdenoised(step_rewards)  # (N, T), (N,)
     longest, spans = longest_correct_span(correct[od]), n_correct_spans(correct[od])  # (N_od,) each
     mean = lambda v: v.float().mean().item() if len(v) else float("nan")  # noqa: E731
-    return {"n": len(correct), "accuracy": mean(correct[:, -1]), "any_step_accuracy": mean(correct.any(1)),
-            "overdenoised_rate": mean(od), "first_correct_fraction": first_correct_fraction(correct).tolist(),
+    return {"n": len(correct), "accuracy": mean(correct[:, -1]),
+            "any_step_accuracy": mean(correct.any(1)), "overdenoised_rate": mean(od),
+            "first_correct_fraction": first_correct_fraction(correct).tolist(),
             "longest_span": longest.tolist(), "n_spans": spans.tolist(),
             "mean_longest_span": mean(longest), "mean_n_spans": mean(spans)}
 
 
 # ----------------------------------------------------------------------------- results files
 def read_rows(out_dir):
-    """Every row of DIR/samples*.jsonl keyed by (settings, index); a later row replaces an earlier one."""
+    """Every row of DIR/samples*.jsonl keyed by (settings, index); a later row replaces an earlier
+    one."""
     rows = {}
     for path in sorted(Path(out_dir).glob("samples*.jsonl")):
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:  # the half-written last line of a crashed run: score it again
+            except json.JSONDecodeError:
+                # the half-written last line of a crashed run: score it again
                 print(f"{path.name}:{n}: unreadable row skipped")
                 continue
             rows[(json.dumps(row["settings"], sort_keys=True), row["index"])] = row
@@ -224,83 +248,110 @@ def caption(settings, n, extra=""):
     s = settings[0]
     models = ", ".join(sorted({f'{x["name"]} = {x["model"]}' for x in settings}))
     used = sorted({x["remasking"] for x in settings}, key=list(REMASKING_NAMES).index)
-    return (f'{s["task"]} ({s["data"]}), {n} problems per cell; gen length {s["gen_length"]}, temperature '
-            f'{s["temperature"]}, top-p {s["top_p"]}; models: {models}.{extra}\n\n'
+    return (f'{s["task"]} ({s["data"]}), {n} problems per cell; gen length {s["gen_length"]}, '
+            f'temperature {s["temperature"]}, top-p {s["top_p"]}; models: {models}.{extra}\n\n'
             + "".join(f"- {m}: {REMASKING_NAMES[m]}\n" for m in used))
 
 
 def accuracy_table(rows, settings, extra=""):
-    """Markdown shaped like Table 2: rows model / remasking, columns block size x steps, accuracy in %."""
+    """Markdown shaped like Table 2: rows model / remasking, columns block size x steps,
+    accuracy in %."""
     cells = {}  # (row name, (B, T)) -> correct flags
     wanted = {json.dumps(s, sort_keys=True) for s in settings}
     for r in rows:
         if json.dumps(r["settings"], sort_keys=True) in wanted:
             s = r["settings"]
-            cells.setdefault((row_name(s), (s["block_length"], s["steps"])), []).append(r["correct"])
+            cells.setdefault(
+                (row_name(s), (s["block_length"], s["steps"])), []).append(r["correct"])
     names, cols = list(dict.fromkeys(row_name(s) for s in settings)), sorted({k[1] for k in cells})
     n = "/".join(str(k) for k in sorted({len(v) for v in cells.values()}))
     acc = lambda v: f"{100 * sum(v) / len(v):.1f}" if v else "-"  # noqa: E731
     lines = [f"Accuracy (%): {caption(settings, n, extra)}",
              "| Model / remasking | " + " | ".join(f"B={b} T={t}" for b, t in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(acc(cells.get((name, c), [])) for c in cols) + " |" for name in names]
+    lines += [f"| {name} | " + " | ".join(acc(cells.get((name, c), [])) for c in cols) + " |"
+              for name in names]
     return "\n".join(lines) + "\n"
 
 
 def overdenoising_report(groups):
     """Markdown of Table 1's numbers and Fig. 3's span means for each setting: {label: stats}."""
     nan = lambda x: "-" if x != x else f"{x:.2f}"  # noqa: E731
-    lines = ["| Setting | n | Acc. (%) | + w/ inter. ans (%) = over-denoised rate | mean longest span | mean #spans |",
+    lines = ["| Setting | n | Acc. (%) | + w/ inter. ans (%) = over-denoised rate "
+             "| mean longest span | mean #spans |",
              "|---|---|---|---|---|---|"]
     for name, st in groups.items():
-        lines.append(f'| {name} | {st["n"]} | {100 * st["accuracy"]:.1f} | +{100 * st["overdenoised_rate"]:.1f} | '
+        lines.append(f'| {name} | {st["n"]} | {100 * st["accuracy"]:.1f} | '
+                     f'+{100 * st["overdenoised_rate"]:.1f} | '
                      f'{nan(st["mean_longest_span"])} | {nan(st["mean_n_spans"])} |')
-    return "Over-denoising (correct at an intermediate step, wrong at the end); spans over over-denoised rows\n\n" \
-        + "\n".join(lines) + "\n"
+    return ("Over-denoising (correct at an intermediate step, wrong at the end); "
+            "spans over over-denoised rows\n\n" + "\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Table 2's grid and the over-denoising analysis (Table 1, Fig. 3).")
-    p.add_argument("--model", required=True, help="toy checkpoint dir (e.g. out/toy-base/last) or HF name/path "
-                   "(paper: GSAI-ML/LLaDA-8B-Instruct)")
-    p.add_argument("--name", default=None, help="model name in the tables (default: last part of --model)")
+    p = argparse.ArgumentParser(
+        description="Table 2's grid and the over-denoising analysis (Table 1, Fig. 3).")
+    p.add_argument("--model", required=True,
+                   help="toy checkpoint dir (e.g. out/toy-base/last) or HF name/path "
+                        "(paper: GSAI-ML/LLaDA-8B-Instruct)")
+    p.add_argument("--name", default=None,
+                   help="model name in the tables (default: last part of --model)")
     p.add_argument("--task", required=True, choices=tasks.TASKS,
-                   help="math500 / countdown (paper), toy tasks, or math (the training CSV, to filter it)")
-    p.add_argument("--data", default=None, help=f"JSONL or CSV file (default: {tasks.DATA_DIR}/<task file>)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="toy tasks: which split "
-                   "(choose hyperparameters on val, report test)")
-    p.add_argument("--gen-length", type=int, default=None, help="tokens generated (paper: 512; toy: 40)")
-    p.add_argument("--block-length", default=None, help="comma list of block sizes (paper: 128,512; toy: 10,40)")
-    p.add_argument("--steps", default=None, help="comma list of steps T (paper: 64,128,256; toy: 8,16,32)")
+                   help="math500 / countdown (paper), toy tasks, or math (the training CSV, "
+                        "to filter it)")
+    p.add_argument("--data", default=None,
+                   help=f"JSONL or CSV file (default: {tasks.DATA_DIR}/<task file>)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="toy tasks: which split (choose hyperparameters on val, report test)")
+    p.add_argument("--gen-length", type=int, default=None,
+                   help="tokens generated (paper: 512; toy: 40)")
+    p.add_argument("--block-length", default=None,
+                   help="comma list of block sizes (paper: 128,512; toy: 10,40)")
+    p.add_argument("--steps", default=None,
+                   help="comma list of steps T (paper: 64,128,256; toy: 8,16,32)")
     p.add_argument("--remasking", default="lcr,rcr,rcr-latest",
-                   help="comma list of lcr, rcr (paper's running max), rcr-latest (authors' code), random")
-    p.add_argument("--schedule", default="linear", help="comma list of Eq. 13 schedules (App. B.2): "
-                   "linear cosine square cubic exp sqrt log (paper: linear; rcr-latest's linear is the authors' count)")
+                   help="comma list of lcr, rcr (paper's running max), rcr-latest (authors' code), "
+                        "random")
+    p.add_argument("--schedule", default="linear",
+                   help="comma list of Eq. 13 schedules (App. B.2): linear cosine square cubic exp "
+                        "sqrt log (paper: linear; rcr-latest's linear is the authors' count)")
     p.add_argument("--eoser", default="off", choices=["off", "on", "both"],
-                   help="EOS Early Rejection (remask.py): off, on, or both (every setting with and without)")
+                   help="EOS Early Rejection (remask.py): off, on, or both (every setting with "
+                        "and without)")
     p.add_argument("--eoser-gamma-min", type=float, default=None,
-                   help="EOSER's first gamma (default: the reference's 0.4, or 0.01 with --schedule ass)")
+                   help="EOSER's first gamma (default: the reference's 0.4, or 0.01 with "
+                        "--schedule ass)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper's evaluation)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus (authors' evaluation: 0.95, also when "
-                   "greedy; toy default 1.0 = off)")
-    p.add_argument("--system-prompt", default=None, help="add a system turn (the authors' protocol has none)")
-    p.add_argument("--format-score", type=float, default=0.0, help="countdown: reward of a well-formed wrong "
-                   "answer (paper: 0, binary; d1: 0.1)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus (authors' evaluation: 0.95, also when greedy; "
+                        "toy default 1.0 = off)")
+    p.add_argument("--system-prompt", default=None,
+                   help="add a system turn (the authors' protocol has none)")
+    p.add_argument("--format-score", type=float, default=0.0,
+                   help="countdown: reward of a well-formed wrong answer (paper: 0, binary; "
+                        "d1: 0.1)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per forward (per rank)")
-    p.add_argument("--limit", type=int, default=None, help="first N examples (paper: all; toy default 200)")
-    p.add_argument("--out", required=True, help="output dir: samples.jsonl, table.md, ...; reruns resume")
-    p.add_argument("--mask-id", type=int, default=None, help="[MASK] id if the tokenizer lacks it (LLaDA: 126336)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (needed for LLaDA)")
-    p.add_argument("--shifted-logits", action="store_true", help="the model predicts token i from position i - 1 "
-                   "(Dream-style); read from the model's config when it says so")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="first N examples (paper: all; toy default 200)")
+    p.add_argument("--out", required=True,
+                   help="output dir: samples.jsonl, table.md, ...; reruns resume")
+    p.add_argument("--mask-id", type=int, default=None,
+                   help="[MASK] id if the tokenizer lacks it (LLaDA: 126336)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own code (needed for LLaDA)")
+    p.add_argument("--shifted-logits", action="store_true",
+                   help="the model predicts token i from position i - 1 (Dream-style); read from "
+                        "the model's config when it says so")
+    p.add_argument("--device", default=None,
+                   help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="toy problems and temperature > 0 sampling")
     p.add_argument("--trajectory-stats", action="store_true",
-                   help="score every step: overdenoising.md (Table 1) and first_correct.png (Fig. 3)")
+                   help="score every step: overdenoising.md (Table 1) and first_correct.png "
+                        "(Fig. 3)")
     p.add_argument("--write-overdenoised", default=None, metavar="FILE",
-                   help="JSONL of the examples over-denoised in any setting (Section 3.3's filter; the authors "
-                        "kept 2,840 of 40k problems)")
+                   help="JSONL of the examples over-denoised in any setting (Section 3.3's "
+                        "filter; the authors kept 2,840 of 40k problems)")
     args = p.parse_args(argv)
     for key, value in grid_defaults(args.task).items():
         if getattr(args, key) is None:
@@ -309,7 +360,8 @@ def parse_args(argv=None):
         args.block_length = [int(b) for b in str(args.block_length).split(",")]
         args.steps = [int(t) for t in str(args.steps).split(",")]
     except ValueError:
-        p.error(f"--block-length {args.block_length} / --steps {args.steps}: comma lists of integers")
+        p.error(f"--block-length {args.block_length} / --steps {args.steps}: "
+                "comma lists of integers")
     args.remasking, args.schedule = args.remasking.split(","), args.schedule.split(",")
     for flag, value, ok in [("--gen-length", args.gen_length, args.gen_length >= 1),
                             ("--batch-size", args.batch_size, args.batch_size >= 1),
@@ -322,10 +374,12 @@ def parse_args(argv=None):
                             ("--mask-id", args.mask_id, args.mask_id is None or args.mask_id >= 0)]:
         if not ok:
             p.error(f"{flag} {value}: out of range")
-    for b, t in itertools.product(args.block_length, args.steps):  # fail now, not after hours of the grid
+    # fail now, not after hours of the grid
+    for b, t in itertools.product(args.block_length, args.steps):
         if b < 1 or t < 1 or args.gen_length % b or t % (args.gen_length // b):
-            p.error(f"--block-length {b} must divide --gen-length {args.gen_length}, and --steps {t} be a positive "
-                    f"multiple of the number of blocks ({args.gen_length // max(b, 1)})")
+            p.error(f"--block-length {b} must divide --gen-length {args.gen_length}, "
+                    f"and --steps {t} be a positive multiple of the number of blocks "
+                    f"({args.gen_length // max(b, 1)})")
     for flag, values, known in [("--remasking", args.remasking, sample.REMASKING),
                                 ("--schedule", args.schedule, remask.COUNTS)]:
         if set(values) - set(known):
@@ -336,15 +390,15 @@ def parse_args(argv=None):
 
 
 def grid_defaults(task):
-    """Table 2's grid for a task, from train.py's preset (config.py): the rollouts' L and block sizes, and
-    T/2, T, 2T of their T steps (paper: 512, 128 and 512, 64/128/256). The authors' evaluation
-    uses top-p 0.95 even when greedy; the toy keeps 1.0 and scores its first 200 problems by
-    default."""
+    """Table 2's grid for a task, from train.py's preset (config.py): the rollouts' L and block
+    sizes, and T/2, T, 2T of their T steps (paper: 512, 128 and 512, 64/128/256). The authors'
+    evaluation uses top-p 0.95 even when greedy; the toy keeps 1.0 and scores its first 200 problems
+    by default."""
     toy_task = task in tasks.TOY_TASKS
     d = config.defaults("toy" if toy_task else "paper", "mdpo", task)
     return {"gen_length": d["gen_length"], "block_length": ",".join(map(str, d["block_lengths"])),
-            "steps": f"{d['steps'] // 2},{d['steps']},{2 * d['steps']}", "limit": 200 if toy_task else None,
-            "top_p": 1.0 if toy_task else 0.95}
+            "steps": f"{d['steps'] // 2},{d['steps']},{2 * d['steps']}",
+            "limit": 200 if toy_task else None, "top_p": 1.0 if toy_task else 0.95}
 
 
 def grid(args):
@@ -368,26 +422,31 @@ def grid(args):
 
 
 def run_setting(args, model, tokenizer, mask_id, examples, settings, done, file, rank, world):
-    """Score this rank's shard of the examples not yet in `done` under one setting, appending to `file`."""
+    """Score this rank's shard of the examples not yet in `done` under one setting, appending to
+    `file`."""
     key = json.dumps(settings, sort_keys=True)
     mine = list(range(rank, len(examples), world))
-    todo = [i for i in mine if (key, i) not in done or (args.trajectory and "step_rewards" not in done[key, i])]
+    todo = [i for i in mine
+            if (key, i) not in done or (args.trajectory and "step_rewards" not in done[key, i])]
     texts = tasks.prompt_texts(args.task, examples)
     if rank == 0:
         print(f"{label(settings)}: skipping {len(mine) - len(todo)} done rows, scoring {len(todo)}")
 
     def write(start, rows):
         for i, row in zip(todo[start:start + len(rows)], rows):
-            file.write(json.dumps({"index": i, "prompt": texts[i], **row, "settings": settings}) + "\n")
+            file.write(json.dumps({"index": i, "prompt": texts[i], **row, "settings": settings})
+                       + "\n")
         file.flush()  # a crash loses at most the batch being generated
 
     gen = torch.Generator(device=args.device).manual_seed(args.seed + rank)
     evaluate(model, tokenizer, [examples[i] for i in todo], args.task, gen_length=args.gen_length,
-             block_length=settings["block_length"], steps=settings["steps"], remasking=settings["remasking"],
-             schedule=settings["schedule"], temperature=args.temperature, top_p=args.top_p,
+             block_length=settings["block_length"], steps=settings["steps"],
+             remasking=settings["remasking"], schedule=settings["schedule"],
+             temperature=args.temperature, top_p=args.top_p,
              eoser_gamma_min=settings.get("eoser"),
-             batch_size=args.batch_size, mask_id=mask_id, system=args.system_prompt, format_score=args.format_score,
-             trajectory=args.trajectory, progress=rank == 0, desc=label(settings), generator=gen, on_batch=write)
+             batch_size=args.batch_size, mask_id=mask_id, system=args.system_prompt,
+             format_score=args.format_score, trajectory=args.trajectory, progress=rank == 0,
+             desc=label(settings), generator=gen, on_batch=write)
 
 
 def merge(out_dir):
@@ -402,9 +461,11 @@ def merge(out_dir):
 
 
 def report(args, examples, all_settings, failures):
-    """Write table.md (and print it); with trajectories, overdenoising.md, first_correct.png and FILE."""
+    """Write table.md (and print it); with trajectories, overdenoising.md, first_correct.png and
+    FILE."""
     out, rows = Path(args.out), read_rows(args.out)
-    extra = f" Reward failures this run (timeouts, worker crashes; scored 0): {failures}." if failures else ""
+    extra = (f" Reward failures this run (timeouts, worker crashes; scored 0): {failures}."
+             if failures else "")
     table = accuracy_table(rows.values(), all_settings, extra)
     (out / "table.md").write_text(table, encoding="utf-8")
     print(table)
@@ -414,7 +475,8 @@ def report(args, examples, all_settings, failures):
         groups, flagged = {}, torch.zeros(len(examples), dtype=torch.bool)
         for s in all_settings:
             key = json.dumps(s, sort_keys=True)
-            step_rewards = torch.tensor([rows[key, i]["step_rewards"] for i in range(len(examples))])  # (N, T)
+            step_rewards = torch.tensor([rows[key, i]["step_rewards"]
+                                         for i in range(len(examples))])  # (N, T)
             groups[label(s)] = overdenoise_stats(step_rewards)
             flagged |= overdenoised(step_rewards)
         if args.trajectory_stats:
@@ -425,8 +487,10 @@ def report(args, examples, all_settings, failures):
             written += [out / "overdenoising.md", out / "first_correct.png"]
         if args.write_overdenoised:
             picked = [ex for ex, f in zip(examples, flagged.tolist()) if f]
-            Path(args.write_overdenoised).write_text("".join(json.dumps(ex) + "\n" for ex in picked), encoding="utf-8")
-            print(f"wrote {len(picked)} over-denoised examples of {len(examples)} to {args.write_overdenoised}")
+            Path(args.write_overdenoised).write_text(
+                "".join(json.dumps(ex) + "\n" for ex in picked), encoding="utf-8")
+            print(f"wrote {len(picked)} over-denoised examples of {len(examples)} to "
+                  f"{args.write_overdenoised}")
     print("results: " + ", ".join(map(str, written)))
 
 
@@ -443,13 +507,16 @@ def main(argv=None):
     args.device = str(device)
     try:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model, tokenizer = models.load_model(args.model, device, dtype, args.trust_remote_code, args.shifted_logits)
+        model, tokenizer = models.load_model(args.model, device, dtype, args.trust_remote_code,
+                                             args.shifted_logits)
         mask_id = models.resolve_mask_id(tokenizer, model, args.mask_id)
         done = read_rows(out)
-        data = args.data or (f"{args.split} seed={args.seed}" if args.task in tasks.TOY_TASKS else "default")
+        data = args.data or (f"{args.split} seed={args.seed}" if args.task in tasks.TOY_TASKS
+                             else "default")
         common = {"task": args.task, "data": data, "model": args.model, "name": args.name,
-                  "gen_length": args.gen_length, "temperature": args.temperature, "top_p": args.top_p,
-                  "system_prompt": args.system_prompt, "format_score": args.format_score, "seed": args.seed}
+                  "gen_length": args.gen_length, "temperature": args.temperature,
+                  "top_p": args.top_p, "system_prompt": args.system_prompt,
+                  "format_score": args.format_score, "seed": args.seed}
         all_settings = [{**common, **s} for s in grid(args)]
         path = out / ("samples.jsonl" if world == 1 else f"samples.rank{rank}.jsonl")
         failures_before = rewards.calls["timeout"] + rewards.calls["crash"]
@@ -457,9 +524,10 @@ def main(argv=None):
             if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
                 f.write("\n")  # end a crashed run's half-written row so the next row starts cleanly
             for settings in all_settings:
-                run_setting(args, model, tokenizer, mask_id, examples, settings, done, f, rank, world)
-        failures = int(distributed.all_sum([rewards.calls["timeout"] + rewards.calls["crash"] - failures_before],
-                                           device)[0])
+                run_setting(args, model, tokenizer, mask_id, examples, settings, done, f, rank,
+                            world)
+        failures = int(distributed.all_sum(
+            [rewards.calls["timeout"] + rewards.calls["crash"] - failures_before], device)[0])
         distributed.barrier()
         if rank == 0:
             merge(out)

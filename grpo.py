@@ -8,7 +8,8 @@ follows:
     one-step log-prob input: prompt masked w.p. p, completion all    -> `perturbed_input`
       masked (`forward_process`)
     k3 estimate of the KL (`compute_loss`)                            -> `kl_k3`
-    clipped surrogate and loss (`compute_loss`)                       -> `grpo_loss` (on `mdpo.clipped_surrogate`)
+    clipped surrogate and loss (`compute_loss`)                       -> `grpo_loss` (on
+                                                                         `mdpo.clipped_surrogate`)
 
 The update (updates.diffu_grpo_update): G completions per prompt, A = r - group mean; mu perturbed
 inputs drawn up front, one per inner iteration; under each, old_logp (mu > 1) and ref_logp with no
@@ -38,7 +39,8 @@ import mdpo
 
 
 def group_advantages(rewards, group_size):
-    """d1 advantage (`_generate_and_score_completions`, trainer.py:533-539): A_i = r_i - mean_G(r), no std.
+    """d1 advantage (`_generate_and_score_completions`, trainer.py:533-539):
+    A_i = r_i - mean_G(r), no std.
 
     rewards: (N,) final reward of each completion, N = prompts * G with the G completions of a
     prompt in contiguous rows (as d1's view(-1, G)). group_size: G (>= 2). d1 computes the group std
@@ -47,7 +49,8 @@ def group_advantages(rewards, group_size):
     """
     N = rewards.shape[0]
     if group_size < 2 or N % group_size != 0:
-        raise ValueError(f"grpo.group_advantages: group_size={group_size} must be >= 2 and divide N={N}")
+        raise ValueError(f"grpo.group_advantages: group_size={group_size} must be >= 2 "
+                         f"and divide N={N}")
     r = rewards.view(N // group_size, group_size)  # (N/G, G)
     adv = r - r.mean(dim=1, keepdim=True)  # (N/G, G)
     # exact test: the float mean of equal values can be one ulp off, and such a group must carry no
@@ -57,7 +60,8 @@ def group_advantages(rewards, group_size):
 
 
 def completion_mask(completion_ids, eos_id):
-    """d1 completion mask (`_generate_and_score_completions`, trainer.py:440-445): the tokens the loss counts.
+    """d1 completion mask (`_generate_and_score_completions`, trainer.py:440-445):
+    the tokens the loss counts.
 
     completion_ids: (B, L) long; eos_id: tokenizer.eos_token_id. A token counts if no EOS comes
     before it: everything up to and including the first EOS, every token of a row without EOS.
@@ -68,8 +72,10 @@ def completion_mask(completion_ids, eos_id):
     return eos_before == 0  # (B, L)
 
 
-def perturbed_input(prompt_ids, completion_ids, prompt_attention, mask_id, p_mask=0.15, generator=None):
-    """d1 one-step log-prob input (`forward_process`, trainer.py:241-267): prompt masked w.p. p, completion all.
+def perturbed_input(prompt_ids, completion_ids, prompt_attention, mask_id, p_mask=0.15,
+                    generator=None):
+    """d1 one-step log-prob input (`forward_process`, trainer.py:241-267):
+    prompt masked w.p. p, completion all.
 
     One forward pass on this input gives a log-prob for every completion token at once (the
     mean-field estimate); re-masking the prompt at every inner iteration makes each of the mu
@@ -84,14 +90,16 @@ def perturbed_input(prompt_ids, completion_ids, prompt_attention, mask_id, p_mas
     B, P = prompt_ids.shape
     device = generator.device if generator is not None else prompt_ids.device
     u = torch.rand(B, P, generator=generator, device=device).to(prompt_ids.device)  # (B, P)
-    real = torch.ones_like(prompt_ids, dtype=torch.bool) if prompt_attention is None else prompt_attention.bool()
+    real = (torch.ones_like(prompt_ids, dtype=torch.bool) if prompt_attention is None
+            else prompt_attention.bool())
     masked = real & (u < p_mask)  # (B, P)
     x_prompt = torch.where(masked, torch.full_like(prompt_ids, mask_id), prompt_ids)  # (B, P)
     return torch.cat([x_prompt, torch.full_like(completion_ids, mask_id)], dim=1)  # (B, P + L)
 
 
 def kl_k3(logp, ref_logp):
-    """d1 KL (`compute_loss`, trainer.py:103-105): k3 = exp(ref - logp) - (ref - logp) - 1 >= 0, per token.
+    """d1 KL (`compute_loss`, trainer.py:103-105):
+    k3 = exp(ref - logp) - (ref - logp) - 1 >= 0, per token.
 
     logp, ref_logp: (B, L) under the current policy and the reference. Returns (B, L).
     """
@@ -100,7 +108,8 @@ def kl_k3(logp, ref_logp):
 
 
 def grpo_loss(logp, old_logp, ref_logp, adv, mask, eps=0.5, beta=0.04, n_tokens=None):
-    """d1 diffu-GRPO loss (`compute_loss`, trainer.py:114-121): -(sum of Z - beta k3 over the mask) / n_tokens.
+    """d1 diffu-GRPO loss (`compute_loss`, trainer.py:114-121):
+    -(sum of Z - beta k3 over the mask) / n_tokens.
 
     Z = min(rho * A, clip(rho, 1 - eps, 1 + eps) * A) with rho = p_theta / p_theta_old, as
     `mdpo.clipped_surrogate` (the same min and clamp as d1's coef_1 / coef_2). logp: (B, L) with

@@ -1,19 +1,22 @@
-"""MDPO's training objective and LLaDA's SFT objective as small pure functions (Sections 2.1, 2.3, App. A).
+"""MDPO's training objective and LLaDA's SFT objective as small pure functions
+(Sections 2.1, 2.3, App. A).
 
 Paper -> code
-    Eq. 1  (masked diffusion / SFT loss)          -> `sft_noise` (the random masking), `masked_diffusion_loss`
+    Eq. 1  (masked diffusion / SFT loss)          -> `sft_noise` (the random masking),
+                                                     `masked_diffusion_loss`
     Eq. 11 (s_{t,k} of Eq. 6, the step score)     -> `step_scores`
     Eq. 6  (group-relative advantage)             -> `group_advantages`
     App. A (train on the c steps of largest |A|)  -> `select_steps`
-    Eq. 5  (clipped, weighted advantage Z)        -> `ratio`, `clipped_surrogate` (+ `clip_fraction`, logging)
+    Eq. 5  (clipped, weighted advantage Z)        -> `ratio`, `clipped_surrogate`
+                                                     (+ `clip_fraction`, logging)
     Eq. 12 (k2 estimate of the KL)                -> `kl_k2`
     Eq. 4  (the MDPO objective, negated)          -> `mdpo_loss`, normalised by `loss_denominators`;
                                                      its log-probs from `token_logp`
 
-Indexing (every file): a rollout has T steps in rollout order s = 0..T-1, noisy -> clean; rewards[:, s] is
-r(prediction of step s), and the all-mask input before step 0 has reward 0. The paper's t counts
-down: rollout step s is paper step t = T - s, which reads x̄_t and produces x_{t-1}. Where this
-differs from the paper or the authors' code: DEVIATIONS.md, "mdpo.py".
+Indexing (every file): a rollout has T steps in rollout order s = 0..T-1, noisy -> clean;
+rewards[:, s] is r(prediction of step s), and the all-mask input before step 0 has reward 0. The
+paper's t counts down: rollout step s is paper step t = T - s, which reads x̄_t and produces
+x_{t-1}. Where this differs from the paper or the authors' code: DEVIATIONS.md, "mdpo.py".
 """
 import torch
 import torch.nn.functional as F
@@ -31,14 +34,16 @@ def step_scores(rewards):
     N, T = rewards.shape
     prev = torch.cat([torch.zeros_like(rewards[:, :1]), rewards[:, :-1]], dim=1)  # (N, T) R_{s-1}
     suffix = rewards.flip(1).cumsum(1).flip(1)  # (N, T) sum of R_s..R_{T-1}
-    later_sum = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], dim=1)  # (N, T) sum of R_{s+1..T-1}
+    # sum of R_{s+1..T-1}
+    later_sum = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], dim=1)  # (N, T)
     n_later = torch.arange(T - 1, -1, -1, device=rewards.device)  # (T,) T-1-s
     later_mean = torch.where(n_later > 0, later_sum / n_later.clamp(min=1), rewards)  # (N, T)
     return rewards - prev + later_mean  # (N, T)
 
 
 def group_advantages(scores, group_size, eps=1e-4):
-    """Eq. 6: A_{t,k} = (s_{t,k} - mean_k s_{t,k}) / (std_k s_{t,k} + eps), per step, within each group.
+    """Eq. 6: A_{t,k} = (s_{t,k} - mean_k s_{t,k}) / (std_k s_{t,k} + eps),
+    per step, within each group.
 
     scores: (N, T) step scores, N = prompts * G with the G rollouts of a prompt in contiguous rows.
     group_size: G (>= 2). std is unbiased (torch's default), as in the official code; eps = 1e-4 as
@@ -47,7 +52,8 @@ def group_advantages(scores, group_size, eps=1e-4):
     """
     N, T = scores.shape
     if group_size < 2 or N % group_size != 0:
-        raise ValueError(f"mdpo.group_advantages: group_size={group_size} must be >= 2 and divide N={N}")
+        raise ValueError(f"mdpo.group_advantages: group_size={group_size} must be >= 2 "
+                         f"and divide N={N}")
     s = scores.view(N // group_size, group_size, T)  # (N/G, G, T)
     centred = s - s.mean(dim=1, keepdim=True)  # (N/G, G, T)
     adv = centred / (s.std(dim=1, keepdim=True) + eps)  # (N/G, G, T)
@@ -58,12 +64,13 @@ def group_advantages(scores, group_size, eps=1e-4):
 
 
 def select_steps(adv, c=8):
-    """App. A: the c steps with the largest |A| per trajectory (both good and bad steps are trained on).
+    """App. A: the c steps with the largest |A| per trajectory
+    (both good and bad steps are trained on).
 
     adv: (N, T) advantages; c: steps kept per trajectory (8 in the paper), clamped to T.
-    Returns (sel, valid): sel LongTensor (N, c) of step indices by decreasing |A|, ties to the earlier step
-    (stable sort); valid (N, c) bool, False where that step's A is 0: fewer than c steps of the
-    trajectory carry an advantage, and the caller trains on the valid ones only.
+    Returns (sel, valid): sel LongTensor (N, c) of step indices by decreasing |A|, ties to the
+    earlier step (stable sort); valid (N, c) bool, False where that step's A is 0: fewer than c
+    steps of the trajectory carry an advantage, and the caller trains on the valid ones only.
     """
     if c < 1:
         raise ValueError(f"mdpo.select_steps: c={c} must be >= 1")
@@ -73,7 +80,8 @@ def select_steps(adv, c=8):
 
 
 def token_logp(logits, targets, temperature=1.0):
-    """Log-prob of each target token, log p_theta(x_{t-1}^i | x̄_t), under softmax(logits / temperature).
+    """Log-prob of each target token, log p_theta(x_{t-1}^i | x̄_t),
+    under softmax(logits / temperature).
 
     logits: (B, L, V); targets: (B, L) long. Computed in float32 for stability. Temperature 0
     (greedy) is scored at temperature 1: greedy decoding's sampling distribution is a point mass, so
@@ -92,7 +100,8 @@ def ratio(logp, old_logp):
 
 
 def clipped_surrogate(logp, old_logp, adv, eps=0.2):
-    """Eq. 5: Z = min(rho * A, clip(rho, 1 - eps, 1 + eps) * A), rho = p_theta / p_theta_old, per token.
+    """Eq. 5: Z = min(rho * A, clip(rho, 1 - eps, 1 + eps) * A), rho = p_theta / p_theta_old,
+    per token.
 
     logp, old_logp: (B, L) log-probs of the rollout's tokens under the current and the rollout
     policy. adv: advantage A of the step, (B, 1) or (B, L). eps: clip range (0.2 in the paper).
@@ -123,34 +132,39 @@ LOSS_NORMS = ("step", "token", "paper")
 
 
 def loss_denominators(mask, norm, n_steps, n_tokens, n_rollouts):
-    """Eq. 4's normalisation, as the number each trained row's token sum is divided by. Returns (B, 1) float.
+    """Eq. 4's normalisation, as the number each trained row's token sum is divided by.
+    Returns (B, 1) float.
 
     mask (B, L): the masked positions of B trained (rollout, step) rows. n_steps, n_tokens,
     n_rollouts: the update's trained rows, their masked tokens and its rollouts, over all
     micro-batches (under DDP, which averages gradients over W ranks: the global counts divided by
     W). norm:
-      "step"  mean over each step's masked tokens, then over the trained steps (the official code;
-      default) "token" mean over every masked token of the update "paper" Eq. 4 as written: 1/G sum
-      over steps and tokens, i.e. the sum divided by the number of rollouts
+      "step"  mean over each step's masked tokens, then over the trained steps (the official
+              code; default)
+      "token" mean over every masked token of the update
+      "paper" Eq. 4 as written: 1/G sum over steps and tokens, i.e. the sum divided by the number
+              of rollouts
     """
     B = mask.shape[0]
     if norm == "step":
         return mask.sum(1, keepdim=True).clamp(min=1).float() * n_steps  # (B, 1)
     if norm in ("token", "paper"):
-        return torch.full((B, 1), float(n_tokens if norm == "token" else n_rollouts), device=mask.device)
+        return torch.full((B, 1), float(n_tokens if norm == "token" else n_rollouts),
+                          device=mask.device)
     raise ValueError(f"mdpo.loss_denominators: norm={norm!r}, choose from {LOSS_NORMS}")
 
 
 def mdpo_loss(logp, old_logp, ref_logp, adv, mask, eps=0.2, beta=0.08, denom=None):
-    """Eq. 4 negated: -sum over masked positions of (Z - beta * k2) / denom, for B trained (rollout, step) rows.
+    """Eq. 4 negated: -sum over masked positions of (Z - beta * k2) / denom, for B trained
+    (rollout, step) rows.
 
-    logp: (B, L) log p_theta(x_{t-1}^i | x̄_t) with grad; old_logp: (B, L) the same under the rollout policy;
-    ref_logp: (B, L) under the frozen reference (None allowed when beta == 0); adv: (B, 1) or (B,
-    L); mask: (B, L) bool, True where x̄_t was masked (the indicator of Eq. 4). eps = 0.2, beta =
-    0.08 as in the paper. denom: one number per row (B, 1) or a scalar, see `loss_denominators`; the
-    default is its "step" normalisation over these B rows alone: the mean over each row's masked
-    tokens, then over rows. A caller accumulating micro-batches passes the whole update's. An empty
-    mask gives 0. Returns a scalar.
+    logp: (B, L) log p_theta(x_{t-1}^i | x̄_t) with grad; old_logp: (B, L) the same under the
+    rollout policy; ref_logp: (B, L) under the frozen reference (None allowed when beta == 0);
+    adv: (B, 1) or (B, L); mask: (B, L) bool, True where x̄_t was masked (the indicator of Eq. 4).
+    eps = 0.2, beta = 0.08 as in the paper. denom: one number per row (B, 1) or a scalar, see
+    `loss_denominators`; the default is its "step" normalisation over these B rows alone: the mean
+    over each row's masked tokens, then over rows. A caller accumulating micro-batches passes the
+    whole update's. An empty mask gives 0. Returns a scalar.
     """
     if beta != 0 and ref_logp is None:
         raise ValueError("mdpo.mdpo_loss: ref_logp is None but beta != 0")
@@ -166,9 +180,9 @@ def mdpo_loss(logp, old_logp, ref_logp, adv, mask, eps=0.2, beta=0.08, denom=Non
 
 
 def sft_noise(x0, maskable, mask_id, generator=None, eps=1e-3):
-    """Eq. 1's masking function gamma~(x0, tau): draw tau ~ U(0, 1) per row, then mask every maskable token
-    independently with probability p_mask = (1 - eps) * tau + eps (eps keeps 1 / p_mask finite, as
-    LLaDA).
+    """Eq. 1's masking function gamma~(x0, tau): draw tau ~ U(0, 1) per row, then mask every
+    maskable token independently with probability p_mask = (1 - eps) * tau + eps (eps keeps
+    1 / p_mask finite, as LLaDA).
 
     x0: (B, L) long, clean sequences; maskable: (B, L) bool, True on the answer (never the prompt;
     LLaDA counts the EOS padding of the answer as answer). generator draws tau (B,), then u (B, L).

@@ -1,5 +1,5 @@
-"""Loading a masked diffusion LM and talking to it: the model and tokenizer, the [MASK] id, prompts in,
-completions out. Used by sample.py, train.py and eval.py alike.
+"""Loading a masked diffusion LM and talking to it: the model and tokenizer, the [MASK] id,
+prompts in, completions out. Used by sample.py, train.py and eval.py alike.
 
     load_model("out/toy-countdown-base/last")                 # a toy checkpoint (toy.py)
     load_model("GSAI-ML/LLaDA-8B-Instruct", trust_remote_code=True)
@@ -22,22 +22,27 @@ def check_model_path(name_or_path, mask_id=None):
     """
     path = Path(name_or_path)
     if path.is_file():
-        raise ValueError(f"--model {name_or_path}: is a file; give the directory that holds config.json")
+        raise ValueError(f"--model {name_or_path}: is a file; "
+                         "give the directory that holds config.json")
     if path.is_dir():
         if not (path / "config.json").exists():
-            below = sorted(str(c.parent) for c in [*path.glob("*/config.json"), *path.glob("*/*/config.json")])
+            below = sorted(str(c.parent)
+                           for c in [*path.glob("*/config.json"), *path.glob("*/*/config.json")])
             hint = f"; checkpoints below it: {', '.join(below[:4])}" if below else ""
-            raise ValueError(f"--model {name_or_path}: not a model directory (no config.json){hint}")
+            raise ValueError(f"--model {name_or_path}: not a model directory "
+                             f"(no config.json){hint}")
         vocab = json.loads((path / "config.json").read_text()).get("vocab_size")
         if mask_id is not None and vocab is not None and not 0 <= mask_id < vocab:
-            raise ValueError(f"--mask-id {mask_id}: outside the vocabulary of {name_or_path} (0..{vocab - 1})")
+            raise ValueError(f"--mask-id {mask_id}: outside the vocabulary of {name_or_path} "
+                             f"(0..{vocab - 1})")
         return
     hub_id = len(path.parts) <= 2 and not name_or_path.startswith((".", "/", "~"))
     if not hub_id or len(path.parts) == 2 and Path(path.parts[0]).is_dir():
         raise ValueError(f"--model {name_or_path}: no such model directory")
 
 
-def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_code=False, shifted_logits=None):
+def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_code=False,
+               shifted_logits=None):
     """(model, tokenizer), the model in eval mode: a toy checkpoint or any HF masked diffusion LM.
 
     An encoder with a masked-LM head (ModernBERT chat models, BERT) loads through
@@ -61,27 +66,33 @@ def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_cod
 def load_hf_model(name_or_path, dtype, trust_remote_code):
     """(model, tokenizer) of a transformers checkpoint (a local directory or a hub name)."""
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        config = transformers.AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code)
+        config = transformers.AutoConfig.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code)
     except ValueError as e:
         if not trust_remote_code and "trust_remote_code" in str(e):
-            raise ValueError(f"{name_or_path} ships its own model code: pass --trust-remote-code") from e
+            raise ValueError(f"{name_or_path} ships its own model code: "
+                             "pass --trust-remote-code") from e
         raise
     masked_lm = type(config) in transformers.AutoModelForMaskedLM._model_mapping
     auto = transformers.AutoModelForMaskedLM if masked_lm else transformers.AutoModel
-    return auto.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code), tokenizer
+    return (auto.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code),
+            tokenizer)
 
 
 SHIFTED_MODEL_TYPES = ("Dream",)  # model_type of checkpoints trained with shifted logits
 
 
 def uses_shifted_logits(model):
-    """True for a model adapted from an autoregressive LM that kept its next-token head (Dream-7B): the
-    logits at position i - 1 predict token i. The model's config says so (`shifted_logits`, set by
-    load_model's flag, or a model_type in SHIFTED_MODEL_TYPES)."""
-    config = getattr(getattr(model, "module", model), "config", None)  # DDP keeps the model in .module
+    """True for a model adapted from an autoregressive LM that kept its next-token head (Dream-7B):
+    the logits at position i - 1 predict token i. The model's config says so (`shifted_logits`, set
+    by load_model's flag, or a model_type in SHIFTED_MODEL_TYPES)."""
+    # DDP keeps the model in .module
+    config = getattr(getattr(model, "module", model), "config", None)
     flag = getattr(config, "shifted_logits", None)
-    return bool(flag) if flag is not None else getattr(config, "model_type", "") in SHIFTED_MODEL_TYPES
+    return (bool(flag) if flag is not None
+            else getattr(config, "model_type", "") in SHIFTED_MODEL_TYPES)
 
 
 def logits(model, x, attention_mask=None):
@@ -96,7 +107,8 @@ def logits(model, x, attention_mask=None):
 
 def resolve_mask_id(tokenizer, model, mask_id=None):
     """The [MASK] id: the flag if given, else the tokenizer's, else the model config's."""
-    candidates = (mask_id, getattr(tokenizer, "mask_token_id", None), getattr(model.config, "mask_token_id", None))
+    candidates = (mask_id, getattr(tokenizer, "mask_token_id", None),
+                  getattr(model.config, "mask_token_id", None))
     for candidate in candidates:
         if candidate is not None:
             return int(candidate)
@@ -115,7 +127,8 @@ def encode_prompts(tokenizer, texts, system=None):
         if getattr(tokenizer, "chat_template", None):
             system_turn = [{"role": "system", "content": system}] if system else []
             messages = system_turn + [{"role": "user", "content": text}]
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                 tokenize=False)
         rows.append(tokenizer.encode(text, add_special_tokens=False))
     P = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -125,7 +138,8 @@ def encode_prompts(tokenizer, texts, system=None):
 
 
 def decode_until_eos(tokenizer, ids):
-    """Text of each row of generated ids (B, L), cut at the first EOS (for reading, not for rewards)."""
+    """Text of each row of generated ids (B, L), cut at the first EOS (for reading, not for
+    rewards)."""
     out = []
     for row in ids.tolist():
         if tokenizer.eos_token_id in row:

@@ -1,5 +1,5 @@
-"""What every RL update shares once its rollouts are scored: the micro-batches (`MicroBatch`) and the
-accumulate-then-step machinery, PPO-style over mu inner steps (`policy_steps`: `fix_log_probs`,
+"""What every RL update shares once its rollouts are scored: the micro-batches (`MicroBatch`) and
+the accumulate-then-step machinery, PPO-style over mu inner steps (`policy_steps`: `fix_log_probs`,
 `backward`, `apply_gradients`), plus the few sums over ranks the normalisers need.
 """
 import contextlib
@@ -18,7 +18,7 @@ import models
 
 @dataclass
 class MicroBatch:
-    """What one forward/backward trains on: b rows, each a model input and the tokens it is scored on.
+    """What one forward/backward trains on: b rows, each a model input and its scored tokens.
 
     inputs: the model input (b, P + L) of each inner step, indexed by step % len(inputs) (MDPO:
     x̄_t for every step; diffu-GRPO: one perturbed input per step). attention_mask (b, P + L);
@@ -38,8 +38,8 @@ class MicroBatch:
 
 
 def blank_batch(batch):
-    """A copy of batch with nothing in its loss: it runs the same forward and backward (DDP and FSDP need
-    every rank to) and adds nothing to the gradient."""
+    """A copy of batch with nothing in its loss: it runs the same forward and backward (DDP and FSDP
+    need every rank to) and adds nothing to the gradient."""
     return dataclasses.replace(batch, loss_mask=torch.zeros_like(batch.loss_mask))
 
 
@@ -54,12 +54,13 @@ def policy_logp(model, batch, i, temperature):
 def policy_steps(policy, reference, optimizer, batches, loss_fn, cfg, temperature, has_signal):
     """cfg.inner_steps optimiser steps over the same micro-batches, PPO-style.
 
-    loss_fn(batch, logp, old_logp, ref_logp) -> (loss divided by the update's normaliser, KL estimator).
-    old_logp: at mu = 1 the ratio of Eq. 5 is 1 and old_logp = logp.detach() (the paper's code); at
-    mu > 1 it is computed once, before the first step, with the training forward itself, so the
-    first ratio is exactly 1. temperature: the one the log-probs are scored at (MDPO: the rollout's,
-    so that the ratio is 1 at the first update; d1: 1). has_signal: False when no advantage anywhere
-    on any rank is non-zero: then nothing is trained (returns {"no_signal": True}).
+    loss_fn(batch, logp, old_logp, ref_logp) -> (loss divided by the update's normaliser, KL
+    estimator). old_logp: at mu = 1 the ratio of Eq. 5 is 1 and old_logp = logp.detach() (the
+    paper's code); at mu > 1 it is computed once, before the first step, with the training forward
+    itself, so the first ratio is exactly 1. temperature: the one the log-probs are scored at (MDPO:
+    the rollout's, so that the ratio is 1 at the first update; d1: 1). has_signal: False when no
+    advantage anywhere on any rank is non-zero: then nothing is trained
+    (returns {"no_signal": True}).
     """
     device = next(policy.parameters()).device
     if not any_rank(has_signal, device):
@@ -68,15 +69,18 @@ def policy_steps(policy, reference, optimizer, batches, loss_fn, cfg, temperatur
     fix_log_probs(policy, reference, batches, cfg, temperature)
     stats = {}
     for k in range(cfg.inner_steps):
-        totals = backward(policy, batches, lambda b: batch_loss(policy, b, k, loss_fn, cfg, temperature), cfg)
+        totals = backward(policy, batches,
+                          lambda b: batch_loss(policy, b, k, loss_fn, cfg, temperature), cfg)
         tokens = max(totals["tokens"], 1)
-        stats = {"loss": totals["loss"], "kl": totals["kl"] / tokens, "clip_frac": totals["clipped"] / tokens,
-                 "tokens": totals["tokens"], **apply_gradients(policy, optimizer, cfg, totals["loss"])}
+        stats = {"loss": totals["loss"], "kl": totals["kl"] / tokens,
+                 "clip_frac": totals["clipped"] / tokens, "tokens": totals["tokens"],
+                 **apply_gradients(policy, optimizer, cfg, totals["loss"])}
     return stats
 
 
 def batch_loss(policy, b, k, loss_fn, cfg, temperature):
-    """The loss of micro-batch b at inner step k -> (loss, KL sum, clipped tokens, tokens in the loss)."""
+    """The loss of micro-batch b at inner step k -> (loss, KL sum, clipped tokens, tokens in the
+    loss)."""
     i = k % len(b.inputs)  # the input of this step, and its fixed log-probs
     logp = policy_logp(policy, b, i, temperature)  # (b, L)
     old = b.old_logp[i] if b.old_logp else logp.detach()  # mu = 1: the ratio of Eq. 5 is 1
@@ -89,21 +93,22 @@ def batch_loss(policy, b, k, loss_fn, cfg, temperature):
 
 
 def fix_log_probs(policy, reference, batches, cfg, temperature):
-    """Before the first inner step, under no grad: the rollout policy's log-probs (mu > 1 only) and the
-    frozen reference's (when there is one), for every input of every micro-batch."""
+    """Before the first inner step, under no grad: the rollout policy's log-probs (mu > 1 only) and
+    the frozen reference's (when there is one), for every input of every micro-batch."""
     device = next(policy.parameters()).device
     with torch.no_grad(), distributed.autocast(cfg.precision, device):
         for b in batches:
             if cfg.inner_steps > 1:
                 b.old_logp = [policy_logp(policy, b, k, temperature) for k in range(len(b.inputs))]
             if reference is not None:
-                b.ref_logp = [policy_logp(reference, b, k, temperature) for k in range(len(b.inputs))]
+                b.ref_logp = [policy_logp(reference, b, k, temperature)
+                              for k in range(len(b.inputs))]
 
 
 def backward(policy, batches, loss_of, cfg):
-    """Forward and backward every micro-batch; gradients add up. loss_of(batch) -> (loss, KL sum, clipped
-    tokens, tokens). Returns those summed over micro-batches and ranks (the loss averaged over
-    ranks).
+    """Forward and backward every micro-batch; gradients add up. loss_of(batch) -> (loss, KL sum,
+    clipped tokens, tokens). Returns those summed over micro-batches and ranks (the loss averaged
+    over ranks).
 
     DDP all-reduces the gradients on the last micro-batch only (no_sync before it). FSDP
     reduce-scatters after every micro-batch, so a rank holds its gradient shard, never the full
@@ -124,10 +129,12 @@ def backward(policy, batches, loss_of, cfg):
 
 
 def apply_gradients(policy, optimizer, cfg, loss):
-    """Clip the gradient norm, step (unless the loss or the norm is not finite: then the step is skipped,
-    and train.py logs it), zero the gradients. Returns {"grad_norm", "lr"} (+ "skipped": True)."""
+    """Clip the gradient norm, step (unless the loss or the norm is not finite: then the step is
+    skipped, and train.py logs it), zero the gradients. Returns {"grad_norm", "lr"}
+    (+ "skipped": True)."""
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP
+    # under FSDP the norm is a DTensor
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     stats = {"grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
     if math.isfinite(loss) and math.isfinite(grad_norm):
         optimizer.step()
@@ -143,9 +150,9 @@ def world_size():
 
 
 def per_rank_share(counts, device):
-    """Counts summed over ranks, divided by the world size W: the normaliser each rank divides its loss by,
-    since DDP and FSDP average the ranks' gradients (sum over ranks of loss_r / (total / W), over
-    W)."""
+    """Counts summed over ranks, divided by the world size W: the normaliser each rank divides its
+    loss by, since DDP and FSDP average the ranks' gradients
+    (sum over ranks of loss_r / (total / W), over W)."""
     return [c / world_size() for c in distributed.all_sum(counts, device)]
 
 

@@ -1,8 +1,10 @@
-"""Remasking for masked diffusion LMs: schedules, masking scores and the remask step (Section 2.4).
+"""Remasking for masked diffusion LMs: schedules, masking scores and the remask step
+(Section 2.4).
 
 Paper -> code
   Eq. 13 (schedules phi)            -> `phi`, `tokens_per_step` (+ `official_linear_counts`)
-  Eq. 7  (remask step gamma)        -> `remask` (mask the highest scores), `unmask` (keep the lowest)
+  Eq. 7  (remask step gamma)        -> `remask` (mask the highest scores),
+                                       `unmask` (keep the lowest)
   Eq. 8  (random remasking, RR)     -> `random_scores`
   Eq. 9  (low-confidence, LCR)      -> `low_confidence_scores`
   Eq. 10 (running confidence, RCR)  -> `running_confidence_scores` (+ `update_running_max`)
@@ -11,17 +13,18 @@ Paper -> code
   (EOSER and ASS: Yang et al. 2025, arXiv 2509.23924; code: yjyddq/EOSER-ASS-RL)
 
 Time: the paper's t counts down from T (all masked) to 0 (all revealed). In code a rollout has steps
-s = 0..T-1 in rollout order (noisy -> clean); step s is the paper's step t = T - s and produces x_{t-1}.
-Where this differs from the paper, LLaDA and the authors' code: DEVIATIONS.md, "remask.py" (two
-forms of Eq. 7 for exact ties, phi as the revealed share, RCR's running max vs the authors' latest
-confidence, scores as -p instead of 1 - p).
+s = 0..T-1 in rollout order (noisy -> clean); step s is the paper's step t = T - s and produces
+x_{t-1}. Where this differs from the paper, LLaDA and the authors' code: DEVIATIONS.md, "remask.py"
+(two forms of Eq. 7 for exact ties, phi as the revealed share, RCR's running max vs the authors'
+latest confidence, scores as -p instead of 1 - p).
 """
 
 import math
 
 import torch
 
-SCHEDULES = {  # Eq. 13 as a function of r = t / T in [0, 1]; each gives 1 at r = 0 and 0 at r = 1
+# Eq. 13 as a function of r = t / T in [0, 1]; each gives 1 at r = 0 and 0 at r = 1
+SCHEDULES = {
     "linear": lambda r: 1 - r,
     "cosine": lambda r: (1 + math.cos(math.pi * r)) / 2,
     "square": lambda r: 1 - r ** 2,
@@ -34,7 +37,7 @@ COUNTS = tuple(SCHEDULES) + ("linear-official", "ass")  # what tokens_per_step a
 
 
 def phi(name, t, T):
-    """Eq. 13: fraction of the L tokens that are revealed at (paper) time t, counting down from T to 0.
+    """Eq. 13: fraction of the L tokens revealed at (paper) time t, counting down from T to 0.
 
     name: one of SCHEDULES; t: int in [0, T]; T: number of denoising steps. phi(T) = 0, phi(0) = 1.
     """
@@ -46,7 +49,8 @@ def phi(name, t, T):
 
 
 def official_linear_counts(L, T):
-    """Eq. 13 (linear) as the official code counts it: tokens revealed by each of T steps. Returns (T,) long, sum L.
+    """Eq. 13 (linear) as the official code counts it: tokens revealed by each of T steps.
+    Returns (T,) long, sum L.
 
     From autonomousvision/mdpo, src/llada/generate.py,
     get_num_transfer_tokens_maskgit(mode="linear"), which the official sampler
@@ -62,7 +66,8 @@ def official_linear_counts(L, T):
 
 
 def tokens_per_step(L, T, schedule="linear"):
-    """Eq. 13 -> how many tokens each of the T steps reveals, in rollout order. Returns (T,) long, sum L.
+    """Eq. 13 -> how many tokens each of the T steps reveals, in rollout order.
+    Returns (T,) long, sum L.
 
     linear: LLaDA's rule, L // T per step with the remainder L % T given one each to the first
     steps. linear-official: the official MDPO code's rule, `official_linear_counts`. ass: Ascending
@@ -81,19 +86,20 @@ def tokens_per_step(L, T, schedule="linear"):
         return ascending_step_sizes(L, T)
     revealed = [math.floor(phi(schedule, T - s - 1, T) * L) for s in range(T)]  # after step s
     revealed[-1] = L
-    revealed = torch.tensor(revealed).cummax(0).values.clamp(max=L)  # (T,) monotone despite float rounding
+    # monotone despite float rounding
+    revealed = torch.tensor(revealed).cummax(0).values.clamp(max=L)  # (T,)
     return torch.diff(revealed, prepend=torch.zeros(1, dtype=torch.long))  # (T,)
 
 
 def ascending_step_sizes(L, T):
-    """ASS (Ascending Step-Size; EOSER-ASS-RL eval/generate.py, get_num_transfer_tokens_ass): step s reveals
-    2^s tokens and the last step the rest, few while the model is unsure, many once the canvas has
-    structure.
+    """ASS (Ascending Step-Size; EOSER-ASS-RL eval/generate.py, get_num_transfer_tokens_ass): step s
+    reveals 2^s tokens and the last step the rest, few while the model is unsure, many once the
+    canvas has structure.
 
-    The reference runs T = floor(log2 L) steps (sample.py checks it): L = 256 -> 1, 2, 4, ..., 64, 129. We
-    also cap a step at what is left, so fewer free tokens (hints placed in the canvas) still sum
-    to L. Returns (T,) long, sum L. (The reference's docstrings say 2^s - 1 per block "+ last eos
-    token"; its code does what we do.)"""
+    The reference runs T = floor(log2 L) steps (sample.py checks it): L = 256 -> 1, 2, 4, ..., 64,
+    129. We also cap a step at what is left, so fewer free tokens (hints placed in the canvas) still
+    sum to L. Returns (T,) long, sum L. (The reference's docstrings say 2^s - 1 per block "+ last
+    eos token"; its code does what we do.)"""
     counts, left = [], L
     for s in range(T - 1):
         counts.append(min(2 ** s, left))
@@ -107,9 +113,9 @@ def ass_steps(L):
 
 
 def eoser_gamma(s, T, gamma_min, ramp="linear"):
-    """EOS Early Rejection's factor gamma_s at step s of T (EOSER-ASS-RL eval/generate.py, `sampling` and
-    `ass_sampling`): the confidence of a position whose predicted token is EOS is multiplied by
-    gamma_s.
+    """EOS Early Rejection's factor gamma_s at step s of T (EOSER-ASS-RL eval/generate.py,
+    `sampling` and `ass_sampling`): the confidence of a position whose predicted token is EOS is
+    multiplied by gamma_s.
 
     linear: gamma_min -> 1 evenly over the steps, gamma_min + (1 - gamma_min) s / (T - 1) (T = 128,
     gamma_min = 0.01: 0.01, 0.26, 0.51, 0.76, 1.0 at s = 0, 32, 64, 96, 127). ass: it follows the
@@ -123,19 +129,21 @@ def eoser_gamma(s, T, gamma_min, ramp="linear"):
     return gamma_min + (1 - gamma_min) * share
 
 
-EOSER_GAMMA_MIN = {"linear": 0.4, "ass": 0.01}  # the reference's defaults: uniform steps, and under ASS
+# the reference's defaults: uniform steps, and under ASS
+EOSER_GAMMA_MIN = {"linear": 0.4, "ass": 0.01}
 
 
 def eos_early_rejection(conf, x_pred, eos_id, gamma):
-    """EOSER: the ranking confidence (B, L) of positions predicting EOS times gamma; the tokens and the logits
-    are unchanged. A low gamma ranks an early EOS below the other candidates, so it stays masked
-    and is predicted again later instead of filling the canvas with EOS from the right. Returns
-    (B, L)."""
+    """EOSER: the ranking confidence (B, L) of positions predicting EOS times gamma; the tokens and
+    the logits are unchanged. A low gamma ranks an early EOS below the other candidates, so it stays
+    masked and is predicted again later instead of filling the canvas with EOS from the right.
+    Returns (B, L)."""
     return torch.where(x_pred == eos_id, gamma * conf, conf)
 
 
 def random_scores(conf, generator=None):
-    """Eq. 8 (RR): m ~ U(0, 1) for every position. conf (B, L) only gives the shape. -> (B, L) float64."""
+    """Eq. 8 (RR): m ~ U(0, 1) for every position. conf (B, L) only gives the shape.
+    -> (B, L) float64."""
     return torch.rand(conf.shape, generator=generator, dtype=torch.float64, device=conf.device)
 
 
@@ -147,7 +155,8 @@ def low_confidence_scores(conf):
 
 
 def update_running_max(running, conf, predicted):
-    """Eq. 10's running maximum max_{t' >= t} p(x_{t'-1}^i | x_bar_t'), updated at the predicted positions.
+    """Eq. 10's running maximum max_{t' >= t} p(x_{t'-1}^i | x_bar_t'),
+    updated at the predicted positions.
 
     running (B, L) so far (0 where never predicted); conf (B, L) this step; predicted (B, L) bool.
     A position that was not re-predicted at this step keeps its running maximum.
@@ -156,18 +165,20 @@ def update_running_max(running, conf, predicted):
 
 
 def update_latest(running, conf, predicted):
-    """The official code's variant of Eq. 10: a re-predicted position takes its latest confidence."""
+    """The official code's variant of Eq. 10: a re-predicted position takes its latest
+    confidence."""
     return torch.where(predicted, conf, running)  # (B, L)
 
 
 def running_confidence_scores(running):
-    """Eq. 10 (RCR): m = 1 - running maximum confidence, returned as -running (item 4 above). (B, L) -> (B, L)."""
+    """Eq. 10 (RCR): m = 1 - running maximum confidence, returned as -running (item 4 above).
+    (B, L) -> (B, L)."""
     return -running
 
 
 def remask(x_bar, x_pred, m, candidates, n_mask, mask_id):
-    """Eq. 7 (gamma) as written: among the candidate positions the n_mask with the highest masking score m
-    get [MASK], the other candidates take x_pred, and non-candidates keep x_bar.
+    """Eq. 7 (gamma) as written: among the candidate positions the n_mask with the highest masking
+    score m get [MASK], the other candidates take x_pred, and non-candidates keep x_bar.
 
     x_bar (B, L) state fed to the model; x_pred (B, L) its full prediction; m (B, L) masking scores;
     candidates (B, L) bool, at least n_mask per row; n_mask int, or (B,) long when rows differ.
@@ -179,9 +190,9 @@ def remask(x_bar, x_pred, m, candidates, n_mask, mask_id):
 
 
 def unmask(x_bar, x_pred, m, candidates, n_keep, mask_id):
-    """Eq. 7 seen from the kept side, as LLaDA selects: among the candidate positions the n_keep with the
-    lowest masking score m take x_pred, the other candidates get [MASK], and non-candidates keep
-    x_bar.
+    """Eq. 7 seen from the kept side, as LLaDA selects: among the candidate positions the n_keep
+    with the lowest masking score m take x_pred, the other candidates get [MASK], and non-candidates
+    keep x_bar.
 
     The same as remask(..., n_mask = candidates per row - n_keep) except when scores tie at the
     boundary. x_bar, x_pred, m, candidates (B, L) as in `remask`, at least n_keep candidates per row
@@ -193,9 +204,9 @@ def unmask(x_bar, x_pred, m, candidates, n_keep, mask_id):
 
 
 def top_n(score, n):
-    """(B, L) bool, True at the n highest scores of each row, chosen by torch.topk as LLaDA does (so that
-    exact ties break the same way). n: an int, or a (B,) tensor when rows differ (then one row at
-    a time, LLaDA's own loop)."""
+    """(B, L) bool, True at the n highest scores of each row, chosen by torch.topk as LLaDA does (so
+    that exact ties break the same way). n: an int, or a (B,) tensor when rows differ (then one row
+    at a time, LLaDA's own loop)."""
     chosen = torch.zeros_like(score, dtype=torch.bool)  # (B, L)
     if torch.is_tensor(n):
         for b, n_b in enumerate(n.tolist()):

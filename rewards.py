@@ -58,7 +58,8 @@ _BRACE = re.compile(r"\\[{}]|[{}]")  # escaped braces (\{ \}) are matched and sk
 
 
 def last_boxed_at(text: str, max_len: int = MAX_ANSWER_CHARS) -> tuple[int, str] | None:
-    """(start, content) of the last \\boxed{...} / \\fbox{...}; None if absent, unbalanced or over max_len.
+    """(start, content) of the last \\boxed{...} / \\fbox{...};
+    None if absent, unbalanced or over max_len.
 
     Scanning stops after max_len characters, so a box that never closes costs no more than that.
     """
@@ -86,18 +87,21 @@ def last_answer_tag_at(text: str) -> tuple[int, str] | None:
 
 
 def last_boxed(text: str, max_len: int = MAX_ANSWER_CHARS) -> str | None:
-    """Content of the last \\boxed{...} / \\fbox{...}; None if absent, unbalanced or over max_len."""
+    """Content of the last \\boxed{...} / \\fbox{...}; None if absent, unbalanced or over
+    max_len."""
     found = last_boxed_at(text, max_len)
     return None if found is None else found[1]
 
 
 def math_answer(completion: str) -> str | None:
-    """What math_reward reads: the content of the last closed box (NUL characters dropped), or None."""
+    """What math_reward reads: the content of the last closed box (NUL characters dropped), or
+    None."""
     return last_boxed(completion.replace("\x00", ""))
 
 
 def countdown_answer(completion: str) -> tuple[str | None, bool]:
-    """What countdown_reward reads: (final answer or None, whether an <answer>...</answer> is there).
+    """What countdown_reward reads:
+    (final answer or None, whether an <answer>...</answer> is there).
 
     The final answer is the content of the last closed box or of the last answer tag, whichever
     starts later; a box inside the tag (<answer>\\boxed{...}</answer>) starts later, so it wins.
@@ -127,7 +131,8 @@ def _verify(pred: str, gold: str) -> bool:
 
 
 def _serve(fd: int) -> None:
-    """The worker (python rewards.py --math-verify-worker FD): answers requests on socket FD until EOF."""
+    """The worker (python rewards.py --math-verify-worker FD): answers requests on socket FD
+    until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's business; it kills us
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # an alarm ends this process, even deep in C code
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # silences "timeout is disabled"
@@ -163,7 +168,8 @@ def _start_worker() -> _Worker:
     # closes its copy: _forget_worker_after_fork), so the worker sees EOF when we exit.
     ours, theirs = multiprocessing.Pipe()
     cmd = [sys.executable, _HERE, "--math-verify-worker", str(theirs.fileno())]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=[theirs.fileno()])
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            pass_fds=[theirs.fileno()])
     theirs.close()
     return _Worker(proc, ours)
 
@@ -216,7 +222,8 @@ def verify_in_worker(pred: str, gold: str) -> bool:
 
 
 def _forget_worker_after_fork() -> None:
-    """A forked copy of this process (a DataLoader or pool worker) starts its own worker when needed."""
+    """A forked copy of this process (a DataLoader or pool worker) starts its own worker when
+    needed."""
     global _worker, _lock
     if _worker is not None:
         _worker.conn.close()  # our worker must still see EOF when we exit
@@ -229,7 +236,8 @@ os.register_at_fork(after_in_child=_forget_worker_after_fork)
 
 # ----------------------------------------------------------------------------- math
 def math_score(boxed: str | None, gold: str) -> float:
-    """1.0 if a boxed answer equals `gold` (LaTeX, no $): as strings after normalising, else by math-verify."""
+    """1.0 if a boxed answer equals `gold` (LaTeX, no $): as strings after normalising, else by
+    math-verify."""
     if boxed is None or not boxed.strip():
         return 0.0
     if _normalise(boxed) == _normalise(gold):
@@ -285,7 +293,8 @@ def countdown_eval(expr: str) -> tuple[Fraction, list[int]] | None:
 
 
 def _cd_expression(answer: str, target: int) -> str:
-    """The expression in a final answer: \\times \\cdot \\div become * * /, a trailing "= target" goes."""
+    """The expression in a final answer: \\times \\cdot \\div become * * /,
+    a trailing "= target" goes."""
     answer = _LATEX_OP.sub(lambda m: _LATEX_OPS[m.group(1)], answer)
     left, equals, right = answer.rpartition("=")
     return left if equals and right.strip() == str(target) else answer
@@ -293,7 +302,8 @@ def _cd_expression(answer: str, target: int) -> str:
 
 def countdown_score(answer: tuple[str | None, bool], numbers: list[int], target: int,
                     format_score: float = 0.0) -> float:
-    """Score of a `countdown_answer`: 1.0 if right; else format_score if it has an answer tag, else 0.0.
+    """Score of a `countdown_answer`: 1.0 if right; else format_score if it has an answer tag,
+    else 0.0.
 
     d1 (diffu-grpo/reward_func.py, compute_score) pays its format score, 0.1, exactly when the last
     <answer>...</answer> exists but is invalid or wrong, and 0 when there is no tag; so do we.
@@ -306,8 +316,10 @@ def countdown_score(answer: tuple[str | None, bool], numbers: list[int], target:
     return format_score if has_tag else 0.0
 
 
-def countdown_reward(completion: str, numbers: list[int], target: int, format_score: float = 0.0) -> float:
-    """1.0 if the final answer uses each number once and equals target, else 0.0 (or format_score)."""
+def countdown_reward(completion: str, numbers: list[int], target: int,
+                     format_score: float = 0.0) -> float:
+    """1.0 if the final answer uses each number once and equals target, else 0.0
+    (or format_score)."""
     return countdown_score(countdown_answer(completion), numbers, target, format_score)
 
 
@@ -319,12 +331,14 @@ def _kind(task: str) -> str:
 
 
 def final_answer(task: str, completion: str):
-    """Everything the reward of `task` reads from a completion: `math_answer` or `countdown_answer`."""
+    """Everything the reward of `task` reads from a completion:
+    `math_answer` or `countdown_answer`."""
     return math_answer(completion) if _kind(task) == "math" else countdown_answer(completion)
 
 
 def score_answer(task: str, answer, example: dict, format_score: float = 0.0) -> float:
-    """r of a `final_answer`. example: {"answer": str} (math) or {"numbers", "target"} (countdown)."""
+    """r of a `final_answer`. example: {"answer": str} (math) or {"numbers", "target"}
+    (countdown)."""
     calls["reward"] += 1
     if _kind(task) == "math":
         return math_score(answer, example["answer"])
@@ -332,7 +346,8 @@ def score_answer(task: str, answer, example: dict, format_score: float = 0.0) ->
 
 
 def reward(task: str, completion: str, example: dict, format_score: float = 0.0) -> float:
-    """r(x) of one completion; format_score is d1's 0.1 for a wrong tagged countdown answer (paper: 0)."""
+    """r(x) of one completion; format_score is d1's 0.1 for a wrong tagged countdown answer
+    (paper: 0)."""
     return score_answer(task, final_answer(task, completion), example, format_score)
 
 

@@ -1,22 +1,24 @@
-r"""SFT (Eq. 1), MDPO (Section 2.3) and the diffu-GRPO baseline for masked diffusion LMs, plain torch.distributed.
+r"""SFT (Eq. 1), MDPO (Section 2.3) and the diffu-GRPO baseline for masked diffusion LMs, plain
+torch.distributed.
 
 Runbook
   the toy pipeline, CPU:     python train.py
-      SFT-trains the toy base (cached in out/toy-countdown-base, next to --out), trains it with MDPO
-      and
-      prints the greedy test accuracy before -> after (out/run/table.md, plot.png). A rerun resumes.
+      SFT-trains the toy base (cached in out/toy-countdown-base, next to --out), trains it with
+      MDPO and prints the greedy test accuracy before -> after (out/run/table.md, plot.png). A
+      rerun resumes.
   diffu-GRPO baseline (d1):  python train.py --algo diffu-grpo --out out/grpo
   two CPU processes (gloo):  torchrun --nproc_per_node 2 train.py --out out/ddp
-  one node, 8 GPUs (nccl):   torchrun --nproc_per_node 8 train.py --model GSAI-ML/LLaDA-8B-Instruct
-  \
-                                 --trust-remote-code --task math500 --fsdp --micro-batch 4 \
-                                 --train-file ../shared/data/math_overdenoising_llada_epoch1.csv
+  one node, 8 GPUs (nccl):   torchrun --nproc_per_node 8 train.py \
+                                 --model GSAI-ML/LLaDA-8B-Instruct --trust-remote-code \
+                                 --task math500 --fsdp --micro-batch 4 \
+                                 --train-file ../shared/data/math_overdenoising_llada_epoch1.csv \
                                  --out out/llada
-  several nodes:             torchrun --nnodes N --node_rank R --master_addr HOST --nproc_per_node 8
-  train.py ...
+  several nodes:             torchrun --nnodes N --node_rank R --master_addr HOST \
+                                 --nproc_per_node 8 train.py ...
 
 The loop: setup -> (the toy's SFT base) -> for each update: this rank's prompts -> one update of
-updates.py (sample, reward, advantages, select, loss, backward, step) -> log -> evaluate -> checkpoint.
+updates.py (sample, reward, advantages, select, loss, backward, step) -> log -> evaluate ->
+checkpoint.
 """
 import dataclasses
 import json
@@ -54,7 +56,8 @@ def main(argv=None):
         examples, eval_examples, test_examples = load_data(cfg, base is not None)
         checkpoint.check_writable(Path(cfg.out), "--out")
         if base is not None:
-            checkpoint.check_writable(Path(base.out), f"the toy base's cache (next to --out {cfg.out})")
+            checkpoint.check_writable(Path(base.out),
+                                      f"the toy base's cache (next to --out {cfg.out})")
         resume_from = checkpoint.resume_point(cfg, config.MAY_CHANGE)
     except (ValueError, OSError) as e:
         sys.exit(f"train.py: error: {e}")
@@ -71,11 +74,13 @@ def main(argv=None):
                         Path(base.out) / "last"]
         if rank == 0:
             from tools import plots
-            written.append(plots.training_curves(Path(cfg.out) / "log.jsonl", Path(cfg.out) / "plot.png"))
+            written.append(plots.training_curves(Path(cfg.out) / "log.jsonl",
+                                                 Path(cfg.out) / "plot.png"))
         print0("results: " + ", ".join(map(str, written)))
     except KeyboardInterrupt:
         last = checkpoint.latest(cfg.out)
-        saved = f"{last} holds update {checkpoint.saved_step(last)}" if last else "nothing was saved"
+        saved = (f"{last} holds update {checkpoint.saved_step(last)}" if last
+                 else "nothing was saved")
         print0(f"\ninterrupted: {saved}; run the same command again to continue")
         sys.exit(130)
     finally:
@@ -83,7 +88,8 @@ def main(argv=None):
 
 
 def toy_base_config(cfg):
-    """The SFT run that makes the toy base for `--model toy` RL (None when there is nothing to build)."""
+    """The SFT run that makes the toy base for `--model toy` RL
+    (None when there is nothing to build)."""
     if cfg.model != "toy" or cfg.algo == "sft":
         return None
     argv = ["--algo", "sft", "--task", cfg.task, "--precision", cfg.precision,
@@ -92,27 +98,33 @@ def toy_base_config(cfg):
 
 
 def load_data(cfg, toy_pipeline):
-    """(training examples, held-out val examples or None, test examples for the toy's table or None)."""
+    """(training examples, held-out val examples or None, test examples for the toy's table or
+    None)."""
     if cfg.train_file:
         examples = tasks.load_examples(cfg.task, cfg.train_file)
     else:
         examples = toy.make_task(cfg.task, cfg.n_train, cfg.seed, split="train")
     if cfg.algo == "igpo" and not all(ex.get("completion") for ex in examples):
-        raise ValueError(f"--algo igpo needs a reference solution per training example (its hints): the toy "
-                         f"tasks have them; {cfg.train_file} holds final answers only")
+        raise ValueError("--algo igpo needs a reference solution per training example "
+                         "(its hints): the toy tasks have them; "
+                         f"{cfg.train_file} holds final answers only")
     held_out = None
-    if cfg.eval_every:  # toy tasks: the best checkpoint is chosen on val (the same problems for every seed)
+    # toy tasks: the best checkpoint is chosen on val (the same problems for every seed)
+    if cfg.eval_every:
         held_out = tasks.load_examples(cfg.task, cfg.eval_data, cfg.n_eval, 0, split="val")
-    test = tasks.load_examples(cfg.task, None, cfg.n_eval, 0, split="test") if toy_pipeline else None
+    test = (tasks.load_examples(cfg.task, None, cfg.n_eval, 0, split="test") if toy_pipeline
+            else None)
     return examples, held_out, test
 
 
 def train(cfg, examples, eval_examples, resume_from, rank, world, device):
-    """Run cfg.algo up to cfg.max_updates (from resume_from, if given). Returns (OUT/last, updates run now)."""
+    """Run cfg.algo up to cfg.max_updates (from resume_from, if given). Returns (OUT/last, updates
+    run now)."""
     out = Path(cfg.out)
     state = checkpoint.trainer_state(resume_from) if resume_from else {"step": 0}
     if state["step"] >= cfg.max_updates:
-        print0(f"{out}: finished ({cfg.algo}, update {state['step']} of {cfg.max_updates}); nothing to train")
+        print0(f"{out}: finished ({cfg.algo}, update {state['step']} of {cfg.max_updates}); "
+               "nothing to train")
         return out / "last", 0
     policy, wrapped, reference, tok, mask_id = build(cfg, rank, world, device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -123,9 +135,11 @@ def train(cfg, examples, eval_examples, resume_from, rank, world, device):
     if cfg.algo != "sft" and cfg.prefilter == "overdenoise":  # Section 3.3
         examples = evaluation.prefilter(policy.eval(), tok, examples, cfg, mask_id, rank, world)
     log = start_log(cfg, resume_from, step, rank)
-    per_rank = cfg.prompts_per_update // world if cfg.algo != "sft" else max(cfg.micro_batch // world, 1)
+    per_rank = (cfg.prompts_per_update // world if cfg.algo != "sft"
+                else max(cfg.micro_batch // world, 1))
     first = step
-    bar = tqdm(total=cfg.max_updates, initial=step, desc=f"{cfg.algo} {cfg.task}", disable=rank != 0)
+    bar = tqdm(total=cfg.max_updates, initial=step, desc=f"{cfg.algo} {cfg.task}",
+               disable=rank != 0)
     while step < cfg.max_updates:
         batch = [examples[tasks.prompt_order(pos + rank * per_rank + i, len(examples), cfg.seed)]
                  for i in range(per_rank)]
@@ -135,31 +149,37 @@ def train(cfg, examples, eval_examples, resume_from, rank, world, device):
         stats["step"] = step
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_updates):
             stats["eval_accuracy"] = evaluation.sharded_accuracy(
-                policy.eval(), tok, eval_examples, cfg, mask_id, "lcr", cfg.block_lengths[0], rank, world)[0]
+                policy.eval(), tok, eval_examples, cfg, mask_id, "lcr", cfg.block_lengths[0],
+                rank, world)[0]
             distributed.back_to_training(policy, cfg.fsdp)
         if step % cfg.save_every == 0 or step == cfg.max_updates or "eval_accuracy" in stats:
-            best = save(cfg, policy, tok, optimizer, gen, step, pos, best, stats.get("eval_accuracy"), rank)
+            best = save(cfg, policy, tok, optimizer, gen, step, pos, best,
+                        stats.get("eval_accuracy"), rank)
         log(stats)
-        bar.set_postfix({k: f"{stats[k]:.3f}" for k in ("loss", "reward", "eval_accuracy") if k in stats})
+        bar.set_postfix({k: f"{stats[k]:.3f}" for k in ("loss", "reward", "eval_accuracy")
+                         if k in stats})
         bar.update(1)
     bar.close()
     return out / "last", step - first
 
 
 def run_update(cfg, wrapped, reference, optimizer, batch, tok, mask_id, gen, step):
-    """One update of cfg.algo at the learning rate of this step; its statistics, with timing and failures."""
+    """One update of cfg.algo at the learning rate of this step; its statistics, with timing and
+    failures."""
     t0, failures = time.time(), rewards.calls["timeout"] + rewards.calls["crash"]
-    decay = 0.5 * (1 + math.cos(math.pi * step / cfg.max_updates)) if cfg.lr_schedule == "cosine" else 1.0
+    decay = (0.5 * (1 + math.cos(math.pi * step / cfg.max_updates))
+             if cfg.lr_schedule == "cosine" else 1.0)
     for group in optimizer.param_groups:
         group["lr"] = cfg.lr * decay
     kw = dict(tokenizer=tok, mask_id=mask_id, generator=gen)
     if cfg.algo == "sft":
         stats = updates.sft_update(wrapped, optimizer, batch, cfg, **kw)
     else:
-        stats = updates.UPDATES[cfg.algo](wrapped, reference, optimizer, batch, cfg, update=step, **kw)
+        stats = updates.UPDATES[cfg.algo](wrapped, reference, optimizer, batch, cfg, update=step,
+                                          **kw)
     if stats.get("skipped"):
-        print0(f"update {step + 1}: non-finite loss {stats['loss']} or gradient norm {stats['grad_norm']}: "
-               "not applied")
+        print0(f"update {step + 1}: non-finite loss {stats['loss']} or gradient norm "
+               f"{stats['grad_norm']}: not applied")
     device = next(wrapped.parameters()).device
     new_failures = rewards.calls["timeout"] + rewards.calls["crash"] - failures
     stats["reward_failures"] = int(distributed.all_sum([new_failures], device)[0])
@@ -169,16 +189,18 @@ def run_update(cfg, wrapped, reference, optimizer, batch, tok, mask_id, gen, ste
 
 
 def build(cfg, rank, world, device):
-    """(policy with fp32 master weights, its DDP/FSDP wrapper, the frozen reference or None, tokenizer,
-    mask id). The reference is the starting model, run like the policy: the KL is exactly 0 at
-    the start."""
+    """(policy with fp32 master weights, its DDP/FSDP wrapper, the frozen reference or None,
+    tokenizer, mask id). The reference is the starting model, run like the policy: the KL is exactly
+    0 at the start."""
     out = Path(cfg.out)
-    if cfg.model == "toy":  # a fresh toy model for SFT, saved once so that every rank and a resume load it
+    # a fresh toy model for SFT, saved once so that every rank and a resume load it
+    if cfg.model == "toy":
         if rank == 0 and not (out / "init" / "config.json").exists():
             toy.save_fresh(out / "init", cfg.seed)
         distributed.barrier()
     start = str(out / "init") if cfg.model == "toy" else cfg.model
-    policy, tok = models.load_model(start, device, torch.float32, cfg.trust_remote_code, cfg.shifted_logits)
+    policy, tok = models.load_model(start, device, torch.float32, cfg.trust_remote_code,
+                                    cfg.shifted_logits)
     mask_id = models.resolve_mask_id(tok, policy, cfg.mask_id)
     if cfg.activation_checkpointing:
         distributed.checkpoint_blocks(policy)
@@ -190,7 +212,8 @@ def build(cfg, rank, world, device):
         wrapped = DDP(policy) if world > 1 else policy
     reference = None
     if cfg.algo != "sft" and cfg.beta > 0:
-        reference = models.load_model(start, device, torch.float32, cfg.trust_remote_code, cfg.shifted_logits)[0]
+        reference = models.load_model(start, device, torch.float32, cfg.trust_remote_code,
+                                      cfg.shifted_logits)[0]
         reference.requires_grad_(False)
         if cfg.fsdp:
             reference = distributed.shard(reference, cfg.precision, reshard_root=True)
@@ -198,22 +221,26 @@ def build(cfg, rank, world, device):
 
 
 def restore(path, policy, optimizer, gen, cfg, rank, world):
-    """Model, optimiser and this rank's sampling stream from a checkpoint -> (step, data position, best)."""
+    """Model, optimiser and this rank's sampling stream from a checkpoint
+    -> (step, data position, best)."""
     state = checkpoint.load(path, policy, optimizer)
     if len(state["gen"]) == world:
         gen.set_state(state["gen"][rank])
     else:
-        print0(f"{path} was written by {len(state['gen'])} processes, this run has {world}: the sampling "
-               "streams start afresh, so the run is not bit-identical to an uninterrupted one")
+        print0(f"{path} was written by {len(state['gen'])} processes, this run has {world}: "
+               "the sampling streams start afresh, so the run is not bit-identical to an "
+               "uninterrupted one")
     return state["step"], state["pos"], state["best"]
 
 
 def save(cfg, policy, tok, optimizer, gen, step, pos, best, accuracy, rank):
-    """OUT/last (and OUT/best when the held-out accuracy improved). Returns the best accuracy so far."""
+    """OUT/last (and OUT/best when the held-out accuracy improved). Returns the best accuracy so
+    far."""
     out = Path(cfg.out)
     new_best = accuracy is not None and accuracy > best
     best = max(best, -1.0 if accuracy is None else accuracy)
-    state = {"gen": distributed.all_gather_list([gen.get_state()]), "step": step, "pos": pos, "best": best}
+    state = {"gen": distributed.all_gather_list([gen.get_state()]), "step": step, "pos": pos,
+             "best": best}
     final = step == cfg.max_updates
     checkpoint.save(out / "last", policy, tok, optimizer, state, rank,
                     full_weights=not cfg.fsdp or final or new_best)
@@ -223,8 +250,8 @@ def save(cfg, policy, tok, optimizer, gen, step, pos, best, accuracy, rank):
 
 
 def start_log(cfg, resume_from, step, rank):
-    """OUT/config.json and OUT/log.jsonl (the config on its first line; a resumed run keeps the lines up to
-    its checkpoint). Returns log(stats), which appends one JSON line (rank 0)."""
+    """OUT/config.json and OUT/log.jsonl (the config on its first line; a resumed run keeps the
+    lines up to its checkpoint). Returns log(stats), which appends one JSON line (rank 0)."""
     path = Path(cfg.out) / "log.jsonl"
     if rank == 0:
         lines = path.read_text().splitlines() if resume_from and path.exists() else []
@@ -242,9 +269,9 @@ def start_log(cfg, resume_from, step, rank):
 
 
 def before_after_table(cfg, final, examples, n_new, rank, world, device):
-    """The toy pipeline's result: greedy test accuracy of the base and of the trained model, with LCR and both
-    RCRs at every block size (OUT/table.md, printed). A finished run's table is not computed
-    again."""
+    """The toy pipeline's result: greedy test accuracy of the base and of the trained model, with
+    LCR and both RCRs at every block size (OUT/table.md, printed). A finished run's table is not
+    computed again."""
     table = Path(cfg.out) / "table.md"
     if n_new or not table.exists():
         print0(f"scoring the base and the trained model on {len(examples)} test problems")
