@@ -41,7 +41,7 @@ from functools import lru_cache
 
 from math_verify import parse, verify
 
-TASK_KIND = {"math500": "math", "math": "math", "toy-arith": "math",
+TASK_KIND = {"math500": "math", "math": "math", "toy-arith": "math", "toy-digits": "math",
              "countdown": "countdown", "toy-countdown": "countdown"}
 
 TIMEOUT_S = 1.0            # wall-clock limit of one math-verify call

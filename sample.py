@@ -15,7 +15,7 @@ ties included (tests/test_sample.py); where the code departs from either: DEVIAT
 runs on the positions a step needs only (`split_output_layer`, `head_on_rows`), and sampling inverts
 the CDF instead of drawing Gumbel noise over the vocabulary (`categorical`).
 
-    python sample.py --model out/toy-countdown-base/last --prompt "nums 3 5 7 -> 22" \\
+    python sample.py --model out/toy-digits-base/last --prompt "3+5+7+2=?" --task toy-digits \\
         --remasking rcr --show
 """
 import argparse
@@ -390,7 +390,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(
         description="Generate with a masked diffusion LM (toy checkpoint or HF model).")
     p.add_argument("--model", required=True, help="toy checkpoint dir (python train.py writes "
-                   "out/toy-countdown-base/last) or HF name/path")
+                   "out/toy-digits-base/last) or HF name/path")
     p.add_argument("--prompt", required=True,
                    help="prompt text (wrapped in the chat template if the model has one)")
     p.add_argument("--system", default=None, help="optional system prompt for chat models")

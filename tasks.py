@@ -31,8 +31,8 @@ import toy
 DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data"
 DATA_FILES = {"math500": "math500_test.jsonl", "countdown": "countdown_cd3_test.jsonl",
               "math": "math_overdenoising_llada_epoch1.csv"}
-TASKS = ("math500", "math", "countdown", "toy-countdown", "toy-arith")
-TOY_TASKS = ("toy-countdown", "toy-arith")
+TOY_TASKS = tuple(toy.TASKS)  # toy-digits, toy-countdown, toy-arith
+TASKS = ("math500", "math", "countdown", *TOY_TASKS)
 MATH_FIELDS = (("prompt", "answer"), ("Problem", "Solution"), ("problem", "answer"))  # (question, gold) columns
 MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 # The authors' Countdown instruction (eval/countdown.py), word for word: the prompt is part of the protocol.

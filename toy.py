@@ -1,4 +1,4 @@
-"""A tiny masked diffusion LM and two toy tasks, so every part of mdpo-ref runs on 2 CPU cores.
+"""A tiny masked diffusion LM and three toy tasks, so every part of mdpo-ref runs on 2 CPU cores.
 
 What is here:
 - `ToyTokenizer`: character-level, with [PAD], [MASK], [EOS] and the two tags `<answer>`,
@@ -6,11 +6,16 @@ What is here:
 - `ToyConfig`, `ToyMDLM`: a small bidirectional transformer (no causal mask) that is a
   `transformers.PreTrainedModel`, so `save_pretrained` / `from_pretrained` work and
   `model(input_ids, attention_mask=...).logits` has the same interface as LLaDA.
-- `make_task`: deterministic toy problems that mirror the paper's two tasks and are scored by the
-  same reward functions as the real ones (rewards.py):
+- `make_task`: deterministic toy problems scored by the same reward functions as the real tasks
+  (rewards.py):
+    toy-digits     "3+5+7+2=?"                ->  "3+5=8\n8+7=15\n15+2=17\n\\boxed{17}"
     toy-countdown  "nums 3 5 7 -> 22"         ->  "3*5 = 15\n15+7 = 22\n<answer>(3*5)+7</answer>"
     toy-arith      "a=3+4;b=a*2;b-5=?"        ->  "a = 7\nb = 14\nb-5 = 9\n\\boxed{9}"
-  Completions are 25-36 tokens, so the number of blocks and steps matters as it does for LLaDA.
+  toy-digits is the default test-bed: its SFT demonstrations carry a systematic error half of the
+  time (`_digits_example`), so the base is unsure and RL has a skill to sharpen that carries across
+  prompts (results/RESULTS.md). toy-countdown mirrors the paper's Countdown and toy-arith its math,
+  but a 0.4M-parameter model cannot learn their skills, so RL only memorises there. Completions are
+  20-36 tokens, so the number of blocks and steps matters as it does for LLaDA.
 
 Positions are counted from the first non-pad token (position id = cumsum(attention_mask) - 1), so a
 left-padded row in a batch gives exactly what it gives alone.
@@ -191,7 +196,29 @@ def _arith_example(rng):
     return {"prompt": prompt, "answer": str(ans), "completion": completion}
 
 
-TASKS = {"toy-countdown": _countdown_example, "toy-arith": _arith_example}
+NOISE_SHARE = 0.5  # toy-digits: the share of SFT demonstrations with the systematic error
+
+
+def _digits_example(rng):
+    """The running sum of four digits 0..9 (10,000 prompts). The reference solution is exact; the SFT
+    demonstration (`completion`) is, for half of the prompts, off by one in its last line and its box:
+    a systematic error, drawn once per prompt (from its hash, so every base sees the same demonstrations).
+
+    Why: SFT on these demonstrations gives a base that computes the sum but is unsure of the last step
+    (greedy right about half the time, 8 samples nearly always hold a right one), and what RL must learn,
+    not to add the 1, carries over to every new prompt. The reward checks the true sum."""
+    digits = [rng.randint(0, 9) for _ in range(4)]
+    sums = [sum(digits[:i + 1]) for i in range(4)]  # running sums
+    lines = [f"{sums[i]}+{digits[i + 1]}=" for i in range(3)]  # '3+5=', '8+7=', '15+2='
+    prompt = "+".join(map(str, digits)) + "=?"
+    noisy = random.Random(zlib.crc32(f"toy-digits-noise-{prompt}".encode())).random() < NOISE_SHARE
+    final = sums[3] + 1 if noisy else sums[3]
+    solution = "\n".join(line + str(v) for line, v in zip(lines, sums[1:])) + f"\n\\boxed{{{sums[3]}}}"
+    shown = "\n".join(line + str(v) for line, v in zip(lines, sums[1:3] + [final])) + f"\n\\boxed{{{final}}}"
+    return {"prompt": prompt, "answer": str(sums[3]), "completion": shown, "solution": solution}
+
+
+TASKS = {"toy-digits": _digits_example, "toy-countdown": _countdown_example, "toy-arith": _arith_example}
 
 
 def example_from_prompt(task, prompt):
@@ -200,6 +227,10 @@ def example_from_prompt(task, prompt):
         found = re.fullmatch(r"nums ((?:\d+ )+)-> (\d+)", prompt.strip())
         if found:
             return {"prompt": prompt, "numbers": [int(n) for n in found[1].split()], "target": int(found[2])}
+    elif task == "toy-digits":
+        found = re.fullmatch(r"(\d)\+(\d)\+(\d)\+(\d)=\?", prompt.strip())
+        if found:
+            return {"prompt": prompt, "answer": str(sum(int(d) for d in found.groups()))}
     elif task == "toy-arith":
         found = re.fullmatch(r"a=(\d)([+-])(\d);b=a\*(\d);b([+-])(\d)=\?", prompt.strip())
         if found:

@@ -1,12 +1,12 @@
-r"""SFT (Eq. 1), MDPO (Section 2.3) and the diffu-GRPO baseline for masked diffusion LMs, plain
-torch.distributed.
+r"""SFT (Eq. 1), MDPO (Section 2.3), and diffu-GRPO, CJ-GRPO and IGPO for masked diffusion LMs, with
+plain torch.distributed.
 
 Runbook
   the toy pipeline, CPU:     python train.py
-      SFT-trains the toy base (cached in out/toy-countdown-base, next to --out), trains it with
+      SFT-trains the toy base (cached in out/toy-digits-base, next to --out), trains it with
       MDPO and prints the greedy test accuracy before -> after (out/run/table.md, plot.png). A
       rerun resumes.
-  diffu-GRPO baseline (d1):  python train.py --algo diffu-grpo --out out/grpo
+  the other algorithms:      python train.py --algo diffu-grpo --out out/grpo   (cj-grpo, igpo)
   two CPU processes (gloo):  torchrun --nproc_per_node 2 train.py --out out/ddp
   one node, 8 GPUs (nccl):   torchrun --nproc_per_node 8 train.py \
                                  --model GSAI-ML/LLaDA-8B-Instruct --trust-remote-code \
@@ -104,7 +104,7 @@ def load_data(cfg, toy_pipeline):
         examples = tasks.load_examples(cfg.task, cfg.train_file)
     else:
         examples = toy.make_task(cfg.task, cfg.n_train, cfg.seed, split="train")
-    if cfg.algo == "igpo" and not all(ex.get("completion") for ex in examples):
+    if cfg.algo == "igpo" and not all(ex.get("solution") or ex.get("completion") for ex in examples):
         raise ValueError("--algo igpo needs a reference solution per training example "
                          "(its hints): the toy tasks have them; "
                          f"{cfg.train_file} holds final answers only")

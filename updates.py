@@ -300,7 +300,8 @@ def retry_with_hints(policy, tokenizer, group, R, hint, g, cfg, mask_id, generat
     (grpo.replace_with_inpainted). Updates group.completions in place; returns the rewards (N,) and
     the hint mask (N, L)."""
     G, rows = cfg.group_size, slice(g * cfg.group_size, (g + 1) * cfg.group_size)
-    reference = tokenizer.encode(group.examples[g * G]["completion"])
+    example = group.examples[g * G]
+    reference = tokenizer.encode(example.get("solution") or example["completion"])
     etas = sorted(rng.uniform(0.2, 0.6) for _ in range(G))
     # IGPO leaves 30 of its 256 positions free: the same share
     free_tail = cfg.gen_length * 30 // 256

@@ -80,6 +80,7 @@ def run_mdpo(model_dir, out, algo="mdpo", extra=()):
     data.write_text("".join(json.dumps({"problem": p, "answer": "two"}) + "\n"
                             for p in ["what is one plus one ?", "what is four minus two ?"]))
     train.main(["--model", str(model_dir), "--task", "math", "--train-file", str(data), "--preset", "toy",
+                "--eval-every", "0",
                 "--algo", algo, "--prompts-per-update", "2", "--group-size", "2", "--gen-length", "8",
                 "--block-lengths", "8", "--steps", "4", "--beta", "0.05", "--lr", "1e-2", "--out", str(out),
                 *extra])

@@ -289,7 +289,8 @@ def test_first_update_has_zero_kl_and_nothing_clipped(tmp_path):
     for beta in ("0.08", "0"):
         out = tmp_path / f"run{beta}"
         # a random model never answers right: reward the format (d1's 0.1) so that advantages are not all 0
-        train.main(["--model", str(tmp_path / "m"), "--max-updates", "1", "--prompts-per-update", "2", "--group-size",
+        train.main(["--model", str(tmp_path / "m"), "--task", "toy-countdown", "--eval-every", "0",
+                    "--max-updates", "1", "--prompts-per-update", "2", "--group-size",
                     "4", "--beta", beta, "--format-score", "0.1", "--n-train", "8", "--out", str(out)])
         row = json.loads((out / "log.jsonl").read_text().splitlines()[1])
         assert row["tokens"] > 0 and row["kl"] == 0.0 and row["clip_frac"] == 0.0, row
