@@ -76,7 +76,7 @@ def rl_run(run, base, algo, lr, seed, cfg, steps, extra=()):
     argv = ["--model", base, "--task", TASK, "--algo", algo, "--lr", lr, "--seed", seed,
             "--eval-every", max(1, cfg["eval_every"] // mu(algo)), "--n-eval", cfg["n_val"], *extra,
             *cfg["train_flags"]]
-    return train_run(run, argv, steps // mu(algo))
+    return train_run(run, argv, max(1, steps // mu(algo)))
 
 
 def measure_base(base, out, cfg, G=8):
@@ -206,6 +206,15 @@ def run_all(cfg, out, pool, bar):
         extra = ["--prefilter", "overdenoise"] if name.endswith("prefilter") else []
         jobs["train", name, s] = (rl_minutes(algo, steps), ("rl", run, base[s], algo, res["lr"][algo], s, cfg,
                                                             steps, extra))
+    done = stage(pool, bar, jobs)
+    runs = {k: run for k, run in runs.items() if done["train", *k] is not None}
+    res["logs"] = {k: run / "log.jsonl" for k, run in runs.items()}
+    res["kept"] = {s: len((run / "prefilter.jsonl").read_text().splitlines())
+                   for (name, s), run in runs.items() if name.endswith("prefilter")}
+    res["criterion_at"] = record_criterion(res, out)  # on val, before any test-set evaluation runs
+    jobs = {("test", *k): ((3 if k[0] == "mdpo" else 1) * MINUTES["test"], (
+        "test", run / "last", run / "test", k[0], cfg, ("lcr", "rcr", "rcr-latest") if k[0] == "mdpo" else ("lcr",)))
+        for k, run in runs.items() if not k[0].endswith("longer")}
     for s in seeds:
         jobs["test", "base", s] = (3 * MINUTES["test"], ("test", base[s], out / f"base-seed{s}" / "test", "base",
                                                          cfg, ("lcr", "rcr", "rcr-latest")))
@@ -213,18 +222,24 @@ def run_all(cfg, out, pool, bar):
                                                  "base", cfg))
     jobs["overdenoising"] = (MINUTES["grid"], ("overdenoising", base[0], out / "base-seed0" / "overdenoising", cfg))
     done = stage(pool, bar, jobs)
-    runs = {k: run for k, run in runs.items() if done["train", *k] is not None}
+    res["test"] = {k[1:]: v for k, v in done.items() if k[0] == "test" and k[1] != "base"}
     res["base_test"] = [done["test", "base", s] for s in seeds]
     res["decoding"] = [done["decoding", s] for s in seeds]
     res["overdenoising"] = done["overdenoising"]
-    res["logs"] = {k: run / "log.jsonl" for k, run in runs.items()}
-    res["kept"] = {s: len((run / "prefilter.jsonl").read_text().splitlines())
-                   for (name, s), run in runs.items() if name.endswith("prefilter")}
-    tests = stage(pool, bar, {("test", *k): ((3 if k[0] == "mdpo" else 1) * MINUTES["test"], (
-        "test", run / "last", run / "test", k[0], cfg, ("lcr", "rcr", "rcr-latest") if k[0] == "mdpo" else ("lcr",)))
-        for k, run in runs.items() if not k[0].endswith("longer")})
-    res["test"] = {k[1:]: v for k, v in tests.items()}
     return res
+
+
+def record_criterion(res, out):
+    """The pre-registered criterion's result, from the val curves alone, written to OUT/criterion.md (with
+    the time) and printed before any test-set evaluation starts; a rerun keeps the first record."""
+    path = Path(out) / "criterion.md"
+    if not path.exists():
+        met, lines = report.criterion(res)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        path.write_text(f"Recorded {stamp}, before any test-set evaluation. Result: "
+                        f"{'met' if met else 'not met'}.\n\n" + "\n".join(lines) + "\n")
+        tqdm.write(path.read_text())
+    return path.read_text().split(",")[0].removeprefix("Recorded ")
 
 
 def estimate(cfg):
