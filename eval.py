@@ -21,9 +21,9 @@ confidence); the paper's text describes the running maximum, `rcr`. The tables n
 (REMASKING_NAMES).
 
 Differences from the authors' evaluation (test_llada.py; test_llada_toy_tasks.py for Countdown):
-1. The toy grid scales the paper's 512 / (128, 512) / (64, 128, 256) down to 40 / (10, 40) / (8, 16,
-   32): T/2, T and 2T of the toy rollouts' T = 16 as the paper's of its 128 (steps must be a
-   multiple of the number of blocks).
+1. The toy grid scales the paper's 512 / (128, 512) / (64, 128, 256) down to 40 / (10, 40) /
+   (8, 16, 32): T/2, T and 2T of the toy rollouts' T = 16 as the paper's of its 128 (steps must be
+   a multiple of the number of blocks).
 2. Math answers are read from the last closed \\boxed{} only and checked with rewards.math_reward
    (see rewards.py for how it compares with their math-verify settings).
 3. first_correct_fraction counts steps from 1: first correct at step s of T gives s / T (1.0 = last

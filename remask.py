@@ -117,11 +117,11 @@ def eoser_gamma(s, T, gamma_min, ramp="linear"):
     `sampling` and `ass_sampling`): the confidence of a position whose predicted token is EOS is
     multiplied by gamma_s.
 
-    linear: gamma_min -> 1 evenly over the steps, gamma_min + (1 - gamma_min) s / (T - 1) (T = 128,
-    gamma_min = 0.01: 0.01, 0.26, 0.51, 0.76, 1.0 at s = 0, 32, 64, 96, 127). ass: it follows the
-    share of the canvas decoded once step s is done, gamma_min + (1 - gamma_min) (2^{s+1} - 1) /
-    2^T (T = 8: 0.014, 0.022, ..., 0.501, 0.996). s counts over the whole generation, also in
-    semi-AR decoding."""
+    linear: gamma_min -> 1 evenly over the steps, gamma_min + (1 - gamma_min) s / (T - 1)
+      (T = 128, gamma_min = 0.01: 0.01, 0.26, 0.51, 0.76, 1.0 at s = 0, 32, 64, 96, 127).
+    ass: the share of the canvas decoded once step s is done,
+      gamma_min + (1 - gamma_min) (2^{s+1} - 1) / 2^T  (T = 8: 0.014, 0.022, ..., 0.501, 0.996).
+    s counts over the whole generation, also in semi-AR decoding."""
     if ramp == "ass":
         share = (2 ** (s + 1) - 1) / 2 ** T
     else:
@@ -148,7 +148,7 @@ def random_scores(conf, generator=None):
 
 
 def low_confidence_scores(conf):
-    """Eq. 9 (LCR): m = 1 - p_theta(x_{t-1}^i | x_bar_t), returned as -p (item 4 above).
+    """Eq. 9 (LCR): m = 1 - p_theta(x_{t-1}^i | x_bar_t), returned as -p (DEVIATIONS.md, remask 4).
 
     conf (B, L) the probability p of the predicted token -> (B, L), same dtype."""
     return -conf
@@ -171,7 +171,8 @@ def update_latest(running, conf, predicted):
 
 
 def running_confidence_scores(running):
-    """Eq. 10 (RCR): m = 1 - running maximum confidence, returned as -running (item 4 above).
+    """Eq. 10 (RCR): m = 1 - the running maximum confidence, returned as -running (DEVIATIONS.md,
+    remask.py 4).
     (B, L) -> (B, L)."""
     return -running
 

@@ -67,8 +67,6 @@ def sample_group(policy, tokenizer, examples, cfg, mask_id, generator, update, r
     return Group(ids, full_attn, x[:, P:], x_bar, x_pred, expanded)
 
 
-
-
 def sample_with_canvas(policy, group, rows, canvas, cfg, mask_id, generator, index):
     """IGPO's retry of the group's rows (G of them) from canvases (G, L) that hold hint tokens:
     generate fills the [MASK] positions and never touches the hints. The block size is the group's

@@ -262,8 +262,6 @@ def trajectory_batch(group, rows, steps, adv, mask_id):
                       adv[rows, steps][:, None], group.prompt_ids.shape[1])
 
 
-
-
 def final_rewards(group, tokenizer, cfg):
     """The reward of each finished completion of the group -> (N,)."""
     texts = tasks.completion_texts(tokenizer, group.completions)
