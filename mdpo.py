@@ -202,8 +202,8 @@ def masked_diffusion_loss(logits, x0, masked, p_mask, maskable):
     logits: (B, L, V), the model on x_tau from `sft_noise`; x0: (B, L) the clean tokens;
     masked: (B, L) bool; p_mask: (B, 1) the masking probability tau of each row;
     maskable: (B, L) bool. Per row: the sum over masked tokens of CE / p_mask, divided by the row's
-    number of maskable tokens (LLaDA's SFT normalises by the answer length); then the mean over rows.
-    Returns a scalar.
+    number of maskable tokens (LLaDA's SFT normalises by the answer length); then the mean over
+    rows. Returns a scalar.
     """
     ce = -token_logp(logits, x0)  # (B, L)
     weighted = torch.where(masked, ce / p_mask, torch.zeros_like(ce))  # (B, L)

@@ -55,14 +55,16 @@ class ToyTokenizer:
                     break
             else:
                 if text[i] not in self.ids:
-                    raise ValueError(f"toy tokenizer: character {text[i]!r} at offset {i} is not in the vocabulary")
+                    raise ValueError(f"toy tokenizer: character {text[i]!r} at offset {i} "
+                                     "is not in the vocabulary")
                 ids.append(self.ids[text[i]])
                 i += 1
         return ids
 
     def decode(self, ids, skip_special_tokens=True):
         ids = ids.tolist() if torch.is_tensor(ids) else ids
-        skip = {self.pad_token_id, self.mask_token_id, self.eos_token_id} if skip_special_tokens else set()
+        specials = {self.pad_token_id, self.mask_token_id, self.eos_token_id}
+        skip = specials if skip_special_tokens else set()
         return "".join(self.vocab[i] for i in ids if i not in skip)
 
     def batch_decode(self, rows, skip_special_tokens=True):
@@ -77,7 +79,8 @@ class ToyTokenizer:
         tok = cls()
         saved = json.loads((Path(path) / "toy_tokenizer.json").read_text())["vocab"]
         if saved != tok.vocab:
-            raise ValueError(f"{path}/toy_tokenizer.json: vocabulary differs from this version of toy.py")
+            raise ValueError(f"{path}/toy_tokenizer.json: "
+                             "vocabulary differs from this version of toy.py")
         return tok
 
 
@@ -103,17 +106,20 @@ class Block(nn.Module):
 
     def forward(self, x, key_mask):  # x (B, L, D), key_mask (B, 1, 1, L) bool or None
         B, L, D = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.h, D // self.h).permute(2, 0, 3, 1, 4)  # each (B, h, L, D/h)
+        qkv = self.qkv(self.ln1(x)).view(B, L, 3, self.h, D // self.h)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, h, L, D/h)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, h, L, D/h)
         x = x + self.proj(a.transpose(1, 2).reshape(B, L, D))
         return x + self.mlp(self.ln2(x))
 
 
 class ToyMDLM(PreTrainedModel):
-    """Mask predictor p_theta(x_0 | x_bar_t): embeddings -> n_layers blocks -> logits over the vocabulary."""
+    """Mask predictor p_theta(x_0 | x_bar_t): embeddings -> n_layers blocks -> logits over the
+    vocabulary."""
 
     config_class = ToyConfig
-    hidden_before_output_layer = True  # forward(..., hidden_only=True): see sample.split_output_layer
+    # forward(..., hidden_only=True): see sample.split_output_layer
+    hidden_before_output_layer = True
     base_model_prefix = "toy"
     _no_split_modules = ["Block"]  # the unit FSDP shards (train.py --fsdp), as in HF models
 
@@ -121,7 +127,8 @@ class ToyMDLM(PreTrainedModel):
         super().__init__(config)
         self.tok = nn.Embedding(config.vocab_size, config.d_model)
         self.pos = nn.Embedding(config.max_len, config.d_model)
-        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads)
+                                    for _ in range(config.n_layers))
         self.ln = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size)
         self.post_init()
@@ -136,16 +143,18 @@ class ToyMDLM(PreTrainedModel):
         return self.head
 
     def forward(self, input_ids, attention_mask=None, hidden_only=False, **kwargs):
-        """logits (B, L, V); with hidden_only=True the output layer's input (B, L, D) in .hidden_states
-        instead, so that sample.py can run that layer on the rows it needs only."""
+        """logits (B, L, V); with hidden_only=True the output layer's input (B, L, D) in
+        .hidden_states instead, so that sample.py can run that layer on the rows it needs only."""
         if attention_mask is None:
-            pos = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, L)
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+            pos = pos.expand_as(input_ids)  # (B, L)
             key_mask = None
         else:
             pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
             key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
         if input_ids.shape[1] > self.config.max_len:
-            raise ValueError(f"toy model: sequence of {input_ids.shape[1]} tokens > max_len {self.config.max_len}")
+            raise ValueError(f"toy model: sequence of {input_ids.shape[1]} tokens "
+                             f"> max_len {self.config.max_len}")
         x = self.tok(input_ids) + self.pos(pos)  # (B, L, D)
         for block in self.blocks:
             x = block(x, key_mask)
@@ -163,8 +172,9 @@ def save_fresh(path, seed):
 
 
 def _countdown_example(rng):
-    """Three numbers 1..9 and a target made by ((a o b) o c); every intermediate an integer in 1..99 (9,907 distinct
-    prompts). Numbers up to 12 would give 22.9k, but the toy base then solves 4-8% of them instead of ~20%."""
+    """Three numbers 1..9 and a target made by ((a o b) o c); every intermediate an integer in
+    1..99 (9,907 distinct prompts). Numbers up to 12 would give 22.9k, but the toy base then solves
+    4-8% of them instead of ~20%."""
     while True:
         a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
         o1, o2 = rng.choice("+-*/"), rng.choice("+-*/")
@@ -175,7 +185,8 @@ def _countdown_example(rng):
     nums = [a, b, c]
     rng.shuffle(nums)
     prompt = f"nums {' '.join(map(str, nums))} -> {second}"
-    completion = f"{a}{o1}{b} = {first}\n{first}{o2}{c} = {second}\n<answer>({a}{o1}{b}){o2}{c}</answer>"
+    completion = (f"{a}{o1}{b} = {first}\n{first}{o2}{c} = {second}\n"
+                  f"<answer>({a}{o1}{b}){o2}{c}</answer>")
     return {"prompt": prompt, "numbers": nums, "target": second, "completion": completion}
 
 
@@ -200,33 +211,41 @@ NOISE_SHARE = 0.5  # toy-digits: the share of SFT demonstrations with the system
 
 
 def _digits_example(rng):
-    """The running sum of four digits 0..9 (10,000 prompts). The reference solution is exact; the SFT
-    demonstration (`completion`) is, for half of the prompts, off by one in its last line and its box:
-    a systematic error, drawn once per prompt (from its hash, so every base sees the same demonstrations).
+    """The running sum of four digits 0..9 (10,000 prompts). The reference solution is exact; the
+    SFT demonstration (`completion`) is, for half of the prompts, off by one in its last line and
+    its box: a systematic error, drawn once per prompt (from its hash, so every base sees the same
+    demonstrations).
 
-    Why: SFT on these demonstrations gives a base that computes the sum but is unsure of the last step
-    (greedy right about half the time, 8 samples nearly always hold a right one), and what RL must learn,
-    not to add the 1, carries over to every new prompt. The reward checks the true sum."""
+    Why: SFT on these demonstrations gives a base that computes the sum but is unsure of the last
+    step (greedy right about half the time, 8 samples nearly always hold a right one), and what RL
+    must learn, not to add the 1, carries over to every new prompt. The reward checks the true sum.
+    """
     digits = [rng.randint(0, 9) for _ in range(4)]
     sums = [sum(digits[:i + 1]) for i in range(4)]  # running sums
     lines = [f"{sums[i]}+{digits[i + 1]}=" for i in range(3)]  # '3+5=', '8+7=', '15+2='
     prompt = "+".join(map(str, digits)) + "=?"
-    noisy = random.Random(zlib.crc32(f"toy-digits-noise-{prompt}".encode())).random() < NOISE_SHARE
+    noise_rng = random.Random(zlib.crc32(f"toy-digits-noise-{prompt}".encode()))
+    noisy = noise_rng.random() < NOISE_SHARE
     final = sums[3] + 1 if noisy else sums[3]
-    solution = "\n".join(line + str(v) for line, v in zip(lines, sums[1:])) + f"\n\\boxed{{{sums[3]}}}"
-    shown = "\n".join(line + str(v) for line, v in zip(lines, sums[1:3] + [final])) + f"\n\\boxed{{{final}}}"
+    solution = ("\n".join(line + str(v) for line, v in zip(lines, sums[1:]))
+                + f"\n\\boxed{{{sums[3]}}}")
+    shown = ("\n".join(line + str(v) for line, v in zip(lines, sums[1:3] + [final]))
+             + f"\n\\boxed{{{final}}}")
     return {"prompt": prompt, "answer": str(sums[3]), "completion": shown, "solution": solution}
 
 
-TASKS = {"toy-digits": _digits_example, "toy-countdown": _countdown_example, "toy-arith": _arith_example}
+TASKS = {"toy-digits": _digits_example, "toy-countdown": _countdown_example,
+         "toy-arith": _arith_example}
 
 
 def example_from_prompt(task, prompt):
-    """The example dict a toy prompt stands for (what its reward needs), e.g. for sample.py --task."""
+    """The example dict a toy prompt stands for (what its reward needs), e.g. for
+    sample.py --task."""
     if task == "toy-countdown":
         found = re.fullmatch(r"nums ((?:\d+ )+)-> (\d+)", prompt.strip())
         if found:
-            return {"prompt": prompt, "numbers": [int(n) for n in found[1].split()], "target": int(found[2])}
+            numbers = [int(n) for n in found[1].split()]
+            return {"prompt": prompt, "numbers": numbers, "target": int(found[2])}
     elif task == "toy-digits":
         found = re.fullmatch(r"(\d)\+(\d)\+(\d)\+(\d)=\?", prompt.strip())
         if found:
@@ -239,15 +258,18 @@ def example_from_prompt(task, prompt):
             return {"prompt": prompt, "answer": str(b + int(z) if o3 == "+" else b - int(z))}
     else:
         raise ValueError(f"unknown toy task {task!r}; choose from {sorted(TASKS)}")
-    raise ValueError(f"{prompt!r} is not a {task} prompt (e.g. {TASKS[task](random.Random(0))['prompt']!r})")
+    example_prompt = TASKS[task](random.Random(0))["prompt"]
+    raise ValueError(f"{prompt!r} is not a {task} prompt (e.g. {example_prompt!r})")
 SPLITS = ("test", "val", "train")  # indexed by min(crc32(prompt) % 5, 2)
 
 
 def make_task(name, n, seed=0, split="train"):
-    """n distinct examples of toy task `name` from `split` ("train", "val" or "test"), the same for the same seed.
+    """n distinct examples of toy task `name` from `split` ("train", "val" or "test"), the same for
+    the same seed.
 
-    A hash of the prompt decides the split (crc32 mod 5: 0 test, 1 val, 2-4 train), so the three never share a
-    problem whatever the seeds: hyperparameters are chosen on "val", results reported on "test"."""
+    A hash of the prompt decides the split (crc32 mod 5: 0 test, 1 val, 2-4 train), so the three
+    never share a problem whatever the seeds: hyperparameters are chosen on "val", results reported
+    on "test"."""
     if name not in TASKS:
         raise ValueError(f"unknown toy task {name!r}; choose from {sorted(TASKS)}")
     if split not in SPLITS:
@@ -255,7 +277,8 @@ def make_task(name, n, seed=0, split="train"):
     rng, seen, out = random.Random(f"{name}-{split}-{seed}"), set(), []
     for _ in range(50 * n + 10_000):
         ex = TASKS[name](rng)
-        if ex["prompt"] not in seen and SPLITS[min(zlib.crc32(ex["prompt"].encode()) % 5, 2)] == split:
+        ex_split = SPLITS[min(zlib.crc32(ex["prompt"].encode()) % 5, 2)]
+        if ex["prompt"] not in seen and ex_split == split:
             seen.add(ex["prompt"])
             out.append(ex)
             if len(out) == n:

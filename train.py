@@ -104,7 +104,8 @@ def load_data(cfg, toy_pipeline):
         examples = tasks.load_examples(cfg.task, cfg.train_file)
     else:
         examples = toy.make_task(cfg.task, cfg.n_train, cfg.seed, split="train")
-    if cfg.algo == "igpo" and not all(ex.get("solution") or ex.get("completion") for ex in examples):
+    if cfg.algo == "igpo" and not all(ex.get("solution") or ex.get("completion")
+                                      for ex in examples):
         raise ValueError("--algo igpo needs a reference solution per training example "
                          "(its hints): the toy tasks have them; "
                          f"{cfg.train_file} holds final answers only")

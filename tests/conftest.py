@@ -1,6 +1,7 @@
 """Shared test helpers: the repo root on sys.path, the shared data folder, a small toy model, and
 bounded processes: every subprocess or spawned process a test starts is killed (with its stacks
 printed) when it runs over its time limit, so a hang fails the test instead of stalling CI."""
+
 import collections
 import faulthandler
 import multiprocessing
@@ -48,9 +49,11 @@ def alive(pid):
 
 
 def kill_tree(pid, grace_s=5.0):
-    """SIGABRT pid and everything below it (Python's faulthandler, on through PYTHONFAULTHANDLER=1, prints each
-    process's thread stacks to its stderr, even when a thread holds the GIL), then SIGKILL what is left.
-    The list is taken first: torchrun's workers run in their own sessions and outlive a killed parent."""
+    """SIGABRT pid and everything below it (Python's faulthandler, on through PYTHONFAULTHANDLER=1,
+    prints each process's thread stacks to its stderr, even when a thread holds the GIL), then
+    SIGKILL what is left. The list is taken first: torchrun's workers run in their own sessions and
+    outlive a killed parent.
+    """
     procs = [pid] + descendants(pid)
     for sig in (signal.SIGABRT, signal.SIGKILL):
         for p in procs:
@@ -64,32 +67,47 @@ def kill_tree(pid, grace_s=5.0):
 
 
 def run_bounded(cmd, timeout, env=None, cwd=None):
-    """subprocess.run(cmd, capture_output=True, text=True) that cannot hang: past `timeout` seconds the whole
-    process tree is stopped as in kill_tree and the test fails with the stacks it printed."""
+    """subprocess.run(cmd, capture_output=True, text=True) that cannot hang: past `timeout` seconds
+    the whole process tree is stopped as in kill_tree and the test fails with the stacks it
+    printed."""
     env = {**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=cwd)
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_tree(proc.pid)
         out, err = proc.communicate()
-        pytest.fail(f"{' '.join(map(str, cmd))} ran over {timeout} s and was killed; its stderr (stacks at the end):\n"
-                    f"{err[-8000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, cmd))} ran over {timeout} s and was killed; "
+            "its stderr (stacks at the end):\n"
+            f"{err[-8000:]}"
+        )
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _bounded_target(fn, limit_s, rank, *args):
-    faulthandler.dump_traceback_later(limit_s, exit=True)  # a hung child prints its stacks and exits
+    faulthandler.dump_traceback_later(
+        limit_s, exit=True
+    )  # a hung child prints its stacks and exits
     fn(rank, *args)
 
 
 def spawn_bounded(fn, args, nprocs, timeout):
-    """torch.multiprocessing.spawn(fn, args, nprocs) with a time limit: each child prints its stacks and exits
-    after `timeout` seconds, and the parent kills what is still alive a little later. Fails the test unless
-    every child exits with 0."""
+    """torch.multiprocessing.spawn(fn, args, nprocs) with a time limit: each child prints its stacks
+    and exits after `timeout` seconds, and the parent kills what is still alive a little later.
+    Fails the test unless every child exits with 0."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_bounded_target, args=(fn, timeout, rank, *args)) for rank in range(nprocs)]
+    procs = [
+        ctx.Process(target=_bounded_target, args=(fn, timeout, rank, *args))
+        for rank in range(nprocs)
+    ]
     for proc in procs:
         proc.start()
     deadline = time.time() + timeout + 10
@@ -102,7 +120,9 @@ def spawn_bounded(fn, args, nprocs, timeout):
                 proc.kill()
                 proc.join()
     codes = [proc.exitcode for proc in procs]
-    assert codes == [0] * nprocs, f"spawned processes exited with {codes} (a hang prints its stacks above)"
+    assert (
+        codes == [0] * nprocs
+    ), f"spawned processes exited with {codes} (a hang prints its stacks above)"
 
 
 # ----------------------------------------------------------------------------- models
@@ -126,7 +146,8 @@ def tok():
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """A tiny random toy model (1 layer, width 32) and its tokenizer, saved the way train.py saves one."""
+    """A tiny random toy model (1 layer, width 32) and its tokenizer, saved the way train.py saves
+    one."""
     path = tmp_path_factory.mktemp("tiny") / "model"
     torch.manual_seed(0)
     toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).save_pretrained(path)
@@ -135,7 +156,8 @@ def tiny(tmp_path_factory):
 
 
 def large_weights_toy():
-    """A random toy model (seed 0) with large weights, so its confidences are spread out (not all ~1/V)."""
+    """A random toy model (seed 0) with large weights, so its confidences are spread out (not all
+    ~1/V)."""
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=2, d_model=64)).eval()
     with torch.no_grad():

@@ -1,6 +1,8 @@
-"""EOS Early Rejection and Ascending Step-Size decoding (remask.py, sample.py): the reference's numbers by
-hand, a scripted model on which EOSER delays EOS, and greedy decoding equal to a slow transcription of the
-reference loop (yjyddq/EOSER-ASS-RL eval/generate.py).  pytest -q tests/test_eoser_ass.py"""
+"""EOS Early Rejection and Ascending Step-Size decoding (remask.py, sample.py): the reference's
+numbers by hand, a scripted model on which EOSER delays EOS, and greedy decoding equal to a slow
+transcription of the reference loop (yjyddq/EOSER-ASS-RL eval/generate.py).
+pytest -q tests/test_eoser_ass.py"""
+
 from types import SimpleNamespace
 
 import pytest
@@ -16,14 +18,21 @@ def test_ass_token_counts_by_hand():
     assert remask.tokens_per_step(128, 7, "ass").tolist() == [1, 2, 4, 8, 16, 32, 65]
     assert remask.tokens_per_step(256, 8, "ass").tolist() == [1, 2, 4, 8, 16, 32, 64, 129]
     # the toy's L = 40: floor(log2 40) = 5 steps, 1 2 4 8 and 40 - 15 = 25
-    assert remask.ass_steps(40) == 5 and remask.tokens_per_step(40, 5, "ass").tolist() == [1, 2, 4, 8, 25]
+    assert remask.ass_steps(40) == 5 and remask.tokens_per_step(40, 5, "ass").tolist() == [
+        1,
+        2,
+        4,
+        8,
+        25,
+    ]
     assert remask.ass_steps(128) == 7 and remask.ass_steps(256) == 8 and remask.ass_steps(255) == 7
     # fewer free tokens than the ramp (a canvas with hints): capped, still summing to what is free
     assert remask.tokens_per_step(5, 5, "ass").tolist() == [1, 2, 2, 0, 0]
 
 
 def test_eoser_gammas_match_the_reference_tables():
-    # linear, T = 128, gamma_min = 0.01: 0.01 + 0.99 * s / 127 -> s = 32: 0.01 + 0.99 * 0.25197 = 0.25945
+    # linear, T = 128, gamma_min = 0.01: 0.01 + 0.99 * s / 127 -> s = 32: 0.01 + 0.99 * 0.25197 =
+    # 0.25945
     linear = [remask.eoser_gamma(s, 128, 0.01) for s in (0, 32, 64, 96, 127)]
     assert linear == pytest.approx([0.01, 0.25945, 0.50890, 0.75835, 1.0], abs=1e-5)
     # ASS, L = 256, T = 8: 0.01 + 0.99 * (2^{s+1} - 1) / 256 -> s = 0: 0.01 + 0.99 / 256 = 0.013867
@@ -43,8 +52,10 @@ def test_eos_early_rejection_scales_only_eos():
 
 
 class EosAtTheEnd(torch.nn.Module):
-    """Scripted: every position predicts token 5 with probability ~0.6, except the last, which predicts
-    EOS (3) with ~0.95; [MASK] (4) never. LCR's first step reveals the most confident position."""
+    """Scripted: every position predicts token 5 with probability ~0.6, except the last, which
+    predicts EOS (3) with ~0.95; [MASK] (4) never. LCR's first step reveals the most confident
+    position."""
+
     V, EOS, MASK, TOKEN = 8, 3, 4, 5
 
     def forward(self, input_ids, attention_mask=None):
@@ -52,7 +63,9 @@ class EosAtTheEnd(torch.nn.Module):
         logits = torch.full((B, S, self.V), -3.0)
         logits[..., self.MASK] = -1e9
         logits[..., self.TOKEN] = 0.5  # p = e^0.5 / (e^0.5 + 6 e^-3) = 1.6487 / 1.9474 = 0.847
-        logits[:, -1, self.EOS] = 4.0  # last position: p(EOS) = 54.598 / (54.598 + 1.6487 + 5 e^-3) = 0.966
+        logits[:, -1, self.EOS] = (
+            4.0  # last position: p(EOS) = 54.598 / (54.598 + 1.6487 + 5 e^-3) = 0.966
+        )
         return SimpleNamespace(logits=logits)
 
 
@@ -60,8 +73,12 @@ def test_eoser_delays_eos_on_a_scripted_model():
     model, M = EosAtTheEnd(), EosAtTheEnd.MASK
     p = F.softmax(model(torch.zeros(1, 4, dtype=torch.long)).logits[0], -1)
     token_conf, eos_conf = p[0, 5].item(), p[-1, 3].item()
-    assert eos_conf > token_conf > 0.4 * eos_conf  # 0.966 > 0.847 > 0.386: with gamma_0 = 0.4 EOS loses
-    assert token_conf == pytest.approx(0.847, abs=1e-3) and eos_conf == pytest.approx(0.966, abs=1e-3)
+    assert (
+        eos_conf > token_conf > 0.4 * eos_conf
+    )  # 0.966 > 0.847 > 0.386: with gamma_0 = 0.4 EOS loses
+    assert token_conf == pytest.approx(0.847, abs=1e-3) and eos_conf == pytest.approx(
+        0.966, abs=1e-3
+    )
     prompt = torch.tensor([[0]])
     kw = dict(gen_length=8, block_length=8, steps=8, mask_id=M, record=True)
     _, plain = generate(model, prompt, **kw)
@@ -75,8 +92,8 @@ def test_eoser_delays_eos_on_a_scripted_model():
 
 
 def reference_loop(model, prompt, gen_length, steps, mask_id, counts, eos_id=None, gammas=None):
-    """A plain transcription of the reference's one-block decoding at temperature 0 (LLaDA's loop with
-    EOSER's confidence scaling and the given per-step counts), one row at a time."""
+    """A plain transcription of the reference's one-block decoding at temperature 0 (LLaDA's loop
+    with EOSER's confidence scaling and the given per-step counts), one row at a time."""
     x = torch.cat([prompt, torch.full((prompt.shape[0], gen_length), mask_id)], 1)
     for s in range(steps):
         mask_index = x == mask_id
@@ -94,7 +111,8 @@ def reference_loop(model, prompt, gen_length, steps, mask_id, counts, eos_id=Non
 
 
 class EosHeavy(torch.nn.Module):
-    """The large-weights toy with EOS made likely on the right half of the canvas, so that EOSER matters."""
+    """The large-weights toy with EOS made likely on the right half of the canvas, so that EOSER
+    matters."""
 
     def __init__(self, model, eos_id, mask_id):
         super().__init__()
@@ -103,21 +121,42 @@ class EosHeavy(torch.nn.Module):
     def forward(self, input_ids, attention_mask=None):
         logits = self.model(input_ids).logits.clone()
         logits[..., self.mask_id] = -1e9
-        logits[:, input_ids.shape[1] // 2:, self.eos_id] += 6.0
+        logits[:, input_ids.shape[1] // 2 :, self.eos_id] += 6.0
         return SimpleNamespace(logits=logits)
 
 
-@pytest.mark.parametrize("schedule, steps, gamma_min", [("ass", 5, None), ("ass", 5, 0.01), ("linear", 8, 0.4),
-                                                         ("linear", 40, 0.4)])
-def test_greedy_ass_and_eoser_equal_the_reference_loop(peaked_model, tok, schedule, steps, gamma_min):
+@pytest.mark.parametrize(
+    "schedule, steps, gamma_min",
+    [("ass", 5, None), ("ass", 5, 0.01), ("linear", 8, 0.4), ("linear", 40, 0.4)],
+)
+def test_greedy_ass_and_eoser_equal_the_reference_loop(
+    peaked_model, tok, schedule, steps, gamma_min
+):
     model = EosHeavy(peaked_model.model, tok.eos_token_id, tok.mask_token_id)
-    prompt = torch.tensor([tok.encode(p) for p in ["nums 1 2 3 -> 6", "nums 9 8 7 -> 5", "a=1+2;b=a*3;b-1"]])
+    prompt = torch.tensor(
+        [tok.encode(p) for p in ["nums 1 2 3 -> 6", "nums 9 8 7 -> 5", "a=1+2;b=a*3;b-1"]]
+    )
     counts = remask.tokens_per_step(40, steps, schedule).tolist()
     ramp = "ass" if schedule == "ass" else "linear"
-    gammas = None if gamma_min is None else [remask.eoser_gamma(s, steps, gamma_min, ramp) for s in range(steps)]
-    ref = reference_loop(model, prompt, 40, steps, tok.mask_token_id, counts, tok.eos_token_id, gammas)
-    ours = generate(model, prompt, gen_length=40, block_length=40, steps=steps, schedule=schedule,
-                    eoser_gamma_min=gamma_min, eos_id=tok.eos_token_id, mask_id=tok.mask_token_id)
+    gammas = (
+        None
+        if gamma_min is None
+        else [remask.eoser_gamma(s, steps, gamma_min, ramp) for s in range(steps)]
+    )
+    ref = reference_loop(
+        model, prompt, 40, steps, tok.mask_token_id, counts, tok.eos_token_id, gammas
+    )
+    ours = generate(
+        model,
+        prompt,
+        gen_length=40,
+        block_length=40,
+        steps=steps,
+        schedule=schedule,
+        eoser_gamma_min=gamma_min,
+        eos_id=tok.eos_token_id,
+        mask_id=tok.mask_token_id,
+    )
     assert torch.equal(ours, ref)
     if gamma_min is not None:  # EOSER changed something here, or the test would not tell
         plain = reference_loop(model, prompt, 40, steps, tok.mask_token_id, counts)
@@ -131,24 +170,39 @@ def test_ass_and_eoser_settings_are_checked(tok):
     with pytest.raises(ValueError, match="multi-block ASS"):
         generate(None, prompt, gen_length=40, block_length=10, steps=8, schedule="ass", mask_id=1)
     with pytest.raises(ValueError, match="EOSER needs the EOS id"):
-        generate(None, prompt, gen_length=40, block_length=40, steps=8, eoser_gamma_min=0.4, mask_id=1)
+        generate(
+            None, prompt, gen_length=40, block_length=40, steps=8, eoser_gamma_min=0.4, mask_id=1
+        )
 
 
 def test_semi_ar_eoser_ramps_over_the_whole_generation(peaked_model, tok):
-    """In semi-AR decoding gamma_s counts the steps of the whole generation: the reference restarts the step
-    index in every block against the global count, so there gamma never nears 1. The recorded confidence of
-    a masked position predicting EOS is gamma_s times its softmax probability, s the global step."""
+    """In semi-AR decoding gamma_s counts the steps of the whole generation: the reference restarts
+    the step index in every block against the global count, so there gamma never nears 1. The
+    recorded confidence of a masked position predicting EOS is gamma_s times its softmax
+    probability, s the global step."""
     model, M = EosHeavy(peaked_model.model, tok.eos_token_id, tok.mask_token_id), tok.mask_token_id
     prompt = torch.tensor([tok.encode("nums 1 2 3 -> 6")] * 4)
-    _, tr = generate(model, prompt, gen_length=40, block_length=10, steps=8, eoser_gamma_min=0.4,
-                     eos_id=tok.eos_token_id, mask_id=M, record=True)
+    _, tr = generate(
+        model,
+        prompt,
+        gen_length=40,
+        block_length=10,
+        steps=8,
+        eoser_gamma_min=0.4,
+        eos_id=tok.eos_token_id,
+        mask_id=M,
+        record=True,
+    )
     checked = []
     for s in range(8):
-        logits = model(torch.cat([prompt, tr.x_bar[s]], 1)).logits[:, prompt.shape[1]:]
+        logits = model(torch.cat([prompt, tr.x_bar[s]], 1)).logits[:, prompt.shape[1] :]
         p = F.softmax(logits.float(), -1).gather(-1, tr.x_pred[s][..., None])[..., 0]  # (4, 40)
         eos = (tr.x_pred[s] == tok.eos_token_id) & (tr.x_bar[s] == M)
         if eos.any():
-            # s = 7 is the second step of the last block: gamma = 0.4 + 0.6 * 7 / 7 = 1 (reference: 0.486)
-            assert torch.allclose(tr.conf[s][eos] / p[eos], torch.tensor(remask.eoser_gamma(s, 8, 0.4)))
+            # s = 7 is the second step of the last block: gamma = 0.4 + 0.6 * 7 / 7 = 1 (reference:
+            # 0.486)
+            assert torch.allclose(
+                tr.conf[s][eos] / p[eos], torch.tensor(remask.eoser_gamma(s, 8, 0.4))
+            )
             checked.append(s)
     assert 0 in checked and 7 in checked

@@ -1,7 +1,9 @@
-"""Tests for rewards.py: math and countdown rewards, hostile inputs, the math-verify worker, trajectories.
+"""Tests for rewards.py: math and countdown rewards, hostile inputs, the math-verify worker,
+trajectories.
 
 Run: pytest -q tests/test_rewards.py   (CPU, about 30 s; -s prints calls/s)
 """
+
 import concurrent.futures
 import itertools
 import json
@@ -21,8 +23,16 @@ import torch
 
 import rewards
 from conftest import DATA, ROOT, alive, run_bounded
-from rewards import (countdown_eval, countdown_reward, last_answer_tag_at, last_boxed, math_reward, reward,
-                     score_trajectory, verify_in_worker)
+from rewards import (
+    countdown_eval,
+    countdown_reward,
+    last_answer_tag_at,
+    last_boxed,
+    math_reward,
+    reward,
+    score_trajectory,
+    verify_in_worker,
+)
 
 MATH500, COUNTDOWN = DATA / "math500_test.jsonl", DATA / "countdown_cd3_test.jsonl"
 LIMIT_S = 1.5  # wall-clock limit of one reward call on any input, once the worker has started
@@ -41,7 +51,8 @@ def delta(before):
 
 
 def worker_ready():
-    """Wait until this process's worker has started, so that a timed call measures the call alone."""
+    """Wait until this process's worker has started, so that a timed call measures the call
+    alone."""
     with rewards._lock:
         assert rewards._ready_worker() is not None
 
@@ -79,11 +90,13 @@ def test_last_answer_tag():
 
 # ----------------------------------------------------------------------------- math
 def test_math_gold_round_trip():
-    """Every MATH-500 gold answer, boxed at the end of a solution, scores 1.0 against itself; and without
-    the string shortcut, math-verify itself accepts each against itself."""
+    """Every MATH-500 gold answer, boxed at the end of a solution, scores 1.0 against itself; and
+    without the string shortcut, math-verify itself accepts each against itself."""
     golds = [r["answer"] for r in read_jsonl(MATH500)]
     assert len(golds) == 500
-    assert [g for g in golds if math_reward(f"Done, so the answer is $\\boxed{{{g}}}$.", g) != 1.0] == []
+    assert [
+        g for g in golds if math_reward(f"Done, so the answer is $\\boxed{{{g}}}$.", g) != 1.0
+    ] == []
     assert [g for g in golds if not verify_in_worker(f"${g}$", f"${g}$")] == []
 
 
@@ -96,26 +109,35 @@ def test_math_hand_made():
     assert math_reward(r"\boxed{3}", "2") == 0.0
     assert math_reward(r"\boxed{(3, \pi/2)}", r"\left( 3, \frac{\pi}{2} \right)") == 1.0
     assert math_reward(r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt3}{2}") == 1.0
-    assert math_reward(r"\boxed{\frac53}", r"\frac{5}{3}") == 1.0  # the authors' config rejects \frac53
+    assert (
+        math_reward(r"\boxed{\frac53}", r"\frac{5}{3}") == 1.0
+    )  # the authors' config rejects \frac53
     assert math_reward(r"first \boxed{1}, finally \boxed{2}", "2") == 1.0
     assert math_reward(r"first \boxed{1}, finally \boxed{2}", "1") == 0.0
     assert math_reward(r"\boxed{\text{Evelyn}}", r"\text{Evelyn}") == 1.0
 
 
 def test_math_pays_only_a_closed_box():
-    """No closed \\boxed{}: 0.0 and no verifier call. Each of the first three scored 1.0 when the last 2,000
-    characters went to math-verify's default extraction, which picks values out of the reasoning."""
+    """No closed \\boxed{}: 0.0 and no verifier call. Each of the first three scored 1.0 when the
+    last 2,000 characters went to math-verify's default extraction, which picks values out of the
+    reasoning."""
     before = dict(rewards.calls)
     assert math_reward("First we add 3 and 4 to get 7, then we", "7") == 0.0
-    assert math_reward(r"Adding 2 and 3 gives 5, so the final answer is $\boxed{", "5") == 0.0  # cut off
+    assert (
+        math_reward(r"Adding 2 and 3 gives 5, so the final answer is $\boxed{", "5") == 0.0
+    )  # cut off
     assert math_reward(r"The ratio approaches 4/3, so <answer>\frac53</answer>", r"\frac43") == 0.0
-    assert math_reward(r"The final answer is $\frac{1}{2}$.", "0.5") == 0.0  # no box (the authors pay this)
+    assert (
+        math_reward(r"The final answer is $\frac{1}{2}$.", "0.5") == 0.0
+    )  # no box (the authors pay this)
     assert math_reward(r"\boxed{7} and then \boxed{7", "7") == 0.0  # the last box is cut off
     assert math_reward("\\boxed{" + "1+" * 200 + "1}", "201") == 0.0  # a box over 300 characters
     assert math_reward("", "7") == math_reward(r"\boxed{ }", "7") == 0.0
     row = ["2 + 5 = 7, so the answer is 7", r"so the answer is $\boxed{7", "7"] * 40  # (T = 120)
     assert score_trajectory([row], "math500", [{"answer": "7"}]).tolist() == [[0.0] * 120]
-    assert delta(before) == {"reward": 1}  # one answer (None) in the rollout, scored without math-verify
+    assert delta(before) == {
+        "reward": 1
+    }  # one answer (None) in the rollout, scored without math-verify
 
 
 # ----------------------------------------------------------------------------- countdown
@@ -123,63 +145,76 @@ def tag(expr):
     return f"Let me think.\n<answer>{expr}</answer>"
 
 
-@pytest.mark.parametrize("completion, numbers, target, expected", [
-    (tag("3*5+7"), [3, 5, 7], 22, 1.0),               # 15 + 7 = 22
-    (tag(" 7 + 5 * 3 "), [3, 5, 7], 22, 1.0),          # order and spaces do not matter
-    (tag("8/(3-8/3)"), [3, 3, 8, 8], 24, 1.0),         # 3 - 8/3 = 1/3, 8 / (1/3) = 24 exactly
-    (tag("-3+5+7"), [3, 5, 7], 9, 1.0),                # unary minus allowed: -3 + 12 = 9
-    (tag("(1+2+3)+(1+2+3)"), [1, 2, 3], 12, 0.0),      # value 12 is right, each number used twice
-    (tag("3*5"), [3, 5, 7], 15, 0.0),                  # 7 missing
-    (tag("5/(2-2)"), [2, 2, 5], 5, 0.0),               # division by zero
-    (tag("2**3*1"), [1, 2, 3], 8, 0.0),                # 2**3 * 1 = 8, but ** is not allowed
-    (tag("abs(-3)+5+7"), [3, 5, 7], 15, 0.0),          # calls and names not allowed
-    (tag("__import__('os').getpid()"), [1], 1, 0.0),
-    (tag("3.0*5+7"), [3, 5, 7], 22, 0.0),              # floats not allowed
-    (tag("1234567-1234545"), [1234567, 1234545], 22, 0.0),  # literals over 6 digits
-    (tag("3+5+7"), [3, 5, 7], 22, 0.0),                # 15 != 22
-    ("3*5+7", [3, 5, 7], 22, 0.0),                     # no final answer
-    (tag("3+5+7") + tag("3*5+7"), [3, 5, 7], 22, 1.0),  # last tag wins
-    (tag("3*5+7") + tag("3+5+7"), [3, 5, 7], 22, 0.0),
-    # the authors' form: \boxed{}, LaTeX operators, a trailing "= target"
-    (r"so \boxed{(3*5)+7}", [3, 5, 7], 22, 1.0),
-    (r"\boxed{3 \times 5 + 7}", [3, 5, 7], 22, 1.0),
-    (r"\boxed{3 \cdot 5 + 7}", [3, 5, 7], 22, 1.0),
-    (r"\boxed{8 \div (3 - 8 \div 3)}", [3, 3, 8, 8], 24, 1.0),
-    (r"\boxed{3 \timesx 5 + 7}", [3, 5, 7], 22, 0.0),  # \timesx is not \times
-    (tag("3*5+7 = 22"), [3, 5, 7], 22, 1.0),
-    (r"\boxed{3 \times 5 + 7 = 22}", [3, 5, 7], 22, 1.0),
-    (tag("3*5+7=23"), [3, 5, 7], 22, 0.0),             # a false equation (the authors pay it)
-    # the last final answer wins, box or tag
-    (r"<answer>\boxed{3*5+7}</answer>", [3, 5, 7], 22, 1.0),  # the box starts after the tag
-    (r"\boxed{3+5+7} or rather " + tag("3*5+7"), [3, 5, 7], 22, 1.0),
-    (tag("3+5+7") + r" or rather \boxed{3*5+7}", [3, 5, 7], 22, 1.0),
-    (tag("3*5+7") + r" or rather \boxed{3+5+7}", [3, 5, 7], 22, 0.0),
-    (tag("3*5+7") + r" or rather \boxed{3+5", [3, 5, 7], 22, 1.0),  # a cut-off box is no answer
-    (r"\boxed{3*5+7} then \boxed{3+5", [3, 5, 7], 22, 0.0),  # ... but the last box decides
-])
+@pytest.mark.parametrize(
+    "completion, numbers, target, expected",
+    [
+        (tag("3*5+7"), [3, 5, 7], 22, 1.0),  # 15 + 7 = 22
+        (tag(" 7 + 5 * 3 "), [3, 5, 7], 22, 1.0),  # order and spaces do not matter
+        (tag("8/(3-8/3)"), [3, 3, 8, 8], 24, 1.0),  # 3 - 8/3 = 1/3, 8 / (1/3) = 24 exactly
+        (tag("-3+5+7"), [3, 5, 7], 9, 1.0),  # unary minus allowed: -3 + 12 = 9
+        (tag("(1+2+3)+(1+2+3)"), [1, 2, 3], 12, 0.0),  # value 12 is right, each number used twice
+        (tag("3*5"), [3, 5, 7], 15, 0.0),  # 7 missing
+        (tag("5/(2-2)"), [2, 2, 5], 5, 0.0),  # division by zero
+        (tag("2**3*1"), [1, 2, 3], 8, 0.0),  # 2**3 * 1 = 8, but ** is not allowed
+        (tag("abs(-3)+5+7"), [3, 5, 7], 15, 0.0),  # calls and names not allowed
+        (tag("__import__('os').getpid()"), [1], 1, 0.0),
+        (tag("3.0*5+7"), [3, 5, 7], 22, 0.0),  # floats not allowed
+        (tag("1234567-1234545"), [1234567, 1234545], 22, 0.0),  # literals over 6 digits
+        (tag("3+5+7"), [3, 5, 7], 22, 0.0),  # 15 != 22
+        ("3*5+7", [3, 5, 7], 22, 0.0),  # no final answer
+        (tag("3+5+7") + tag("3*5+7"), [3, 5, 7], 22, 1.0),  # last tag wins
+        (tag("3*5+7") + tag("3+5+7"), [3, 5, 7], 22, 0.0),
+        # the authors' form: \boxed{}, LaTeX operators, a trailing "= target"
+        (r"so \boxed{(3*5)+7}", [3, 5, 7], 22, 1.0),
+        (r"\boxed{3 \times 5 + 7}", [3, 5, 7], 22, 1.0),
+        (r"\boxed{3 \cdot 5 + 7}", [3, 5, 7], 22, 1.0),
+        (r"\boxed{8 \div (3 - 8 \div 3)}", [3, 3, 8, 8], 24, 1.0),
+        (r"\boxed{3 \timesx 5 + 7}", [3, 5, 7], 22, 0.0),  # \timesx is not \times
+        (tag("3*5+7 = 22"), [3, 5, 7], 22, 1.0),
+        (r"\boxed{3 \times 5 + 7 = 22}", [3, 5, 7], 22, 1.0),
+        (tag("3*5+7=23"), [3, 5, 7], 22, 0.0),  # a false equation (the authors pay it)
+        # the last final answer wins, box or tag
+        (r"<answer>\boxed{3*5+7}</answer>", [3, 5, 7], 22, 1.0),  # the box starts after the tag
+        (r"\boxed{3+5+7} or rather " + tag("3*5+7"), [3, 5, 7], 22, 1.0),
+        (tag("3+5+7") + r" or rather \boxed{3*5+7}", [3, 5, 7], 22, 1.0),
+        (tag("3*5+7") + r" or rather \boxed{3+5+7}", [3, 5, 7], 22, 0.0),
+        (tag("3*5+7") + r" or rather \boxed{3+5", [3, 5, 7], 22, 1.0),  # a cut-off box is no answer
+        (r"\boxed{3*5+7} then \boxed{3+5", [3, 5, 7], 22, 0.0),  # ... but the last box decides
+    ],
+)
 def test_countdown_hand_made(completion, numbers, target, expected):
     assert countdown_reward(completion, numbers, target) == expected
 
 
 def d1_countdown_score(text, numbers, target, format_score=0.1):
-    """d1's compute_score (diffu-grpo/reward_func.py) written out again: last <answer> tag, then eval."""
+    """d1's compute_score (diffu-grpo/reward_func.py) written out again: last <answer> tag, then
+    eval."""
     tags = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
     if not tags:
         return 0.0
     expr = tags[-1].strip()
     try:  # eval only ever sees our own test strings
-        ok = (sorted(int(n) for n in re.findall(r"\d+", expr)) == sorted(numbers)
-              and re.match(r"^[\d+\-*/().\s]+$", expr) and abs(eval(expr, {"__builtins__": None}, {}) - target) < 1e-5)
+        ok = (
+            sorted(int(n) for n in re.findall(r"\d+", expr)) == sorted(numbers)
+            and re.match(r"^[\d+\-*/().\s]+$", expr)
+            and abs(eval(expr, {"__builtins__": None}, {}) - target) < 1e-5
+        )
     except Exception:
         ok = False
     return 1.0 if ok else format_score
 
 
-OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": lambda a, b: a / b if b else None}
+OPS = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": lambda a, b: a / b if b else None,
+}
 
 
 def solve_countdown(numbers, target):
-    """Brute force over all orders, operators and both tree shapes of three numbers, in Fractions."""
+    """Brute force over all orders, operators and both tree shapes of three numbers, in
+    Fractions."""
     for (a, b, c), o1, o2 in itertools.product(itertools.permutations(numbers), OPS, OPS):
         left, right = OPS[o1](Fraction(a), b), OPS[o2](Fraction(b), c)
         if left is not None and OPS[o2](left, c) == target:
@@ -204,23 +239,40 @@ def test_countdown_dataset():
     for line, numbers, target, solution, wrong in countdown_rows():
         latex = solution.replace("*", r" \times ").replace("/", r" \div ")
         assert countdown_reward(tag(solution), numbers, target) == 1.0, (line, solution)
-        assert countdown_reward(f"\\boxed{{{latex} = {target}}}", numbers, target) == 1.0, (line, latex)
+        assert countdown_reward(f"\\boxed{{{latex} = {target}}}", numbers, target) == 1.0, (
+            line,
+            latex,
+        )
         assert countdown_reward(tag(wrong), numbers, target) == 0.0, (line, wrong)
         assert countdown_reward(solution, numbers, target) == 0.0
 
 
 def test_countdown_format_score_matches_d1():
-    """format_score=0.1 pays exactly when d1 does: on answer tags (no boxes), our reward equals d1's."""
+    """format_score=0.1 pays exactly when d1 does: on answer tags (no boxes), our reward equals
+    d1's."""
     for _, numbers, target, solution, wrong in countdown_rows():
-        for text in [tag(solution), tag(wrong), tag(f" {solution} "), solution, tag(""), tag("junk"),
-                     tag(wrong) + tag(solution), tag(solution) + tag(wrong), "<answer>" + solution,
-                     tag(solution) + " and some words after", tag(solution[:-1]), f"{solution}</answer>"]:
+        for text in [
+            tag(solution),
+            tag(wrong),
+            tag(f" {solution} "),
+            solution,
+            tag(""),
+            tag("junk"),
+            tag(wrong) + tag(solution),
+            tag(solution) + tag(wrong),
+            "<answer>" + solution,
+            tag(solution) + " and some words after",
+            tag(solution[:-1]),
+            f"{solution}</answer>",
+        ]:
             expected = d1_countdown_score(text, numbers, target)
             assert countdown_reward(text, numbers, target, format_score=0.1) == expected, text
             assert countdown_reward(text, numbers, target) == (expected == 1.0)  # binary by default
     # a box is not d1's format: a wrong boxed answer alone earns nothing, a tag anywhere earns 0.1
     assert countdown_reward(r"\boxed{3+5+7}", [3, 5, 7], 22, format_score=0.1) == 0.0
-    assert countdown_reward(tag("3*5+7") + r" \boxed{3+5+7}", [3, 5, 7], 22, format_score=0.1) == 0.1
+    assert (
+        countdown_reward(tag("3*5+7") + r" \boxed{3+5+7}", [3, 5, 7], 22, format_score=0.1) == 0.1
+    )
 
 
 def test_countdown_eval_is_exact():
@@ -234,7 +286,10 @@ def test_reward_dispatch():
     example = {"numbers": [3, 5, 7], "target": 22}
     assert reward("toy-arith", r"\boxed{9}", {"answer": "9"}) == 1.0
     assert reward("toy-countdown", tag("3*5+7"), example) == 1.0
-    assert (reward("toy-countdown", tag("3+5+7"), example), reward("toy-countdown", tag("3+5+7"), example, 0.1)) == (0, 0.1)
+    assert (
+        reward("toy-countdown", tag("3+5+7"), example),
+        reward("toy-countdown", tag("3+5+7"), example, 0.1),
+    ) == (0, 0.1)
     assert reward("math500", r"\boxed{8}", {"answer": "9"}, 0.1) == 0.0  # math has no format score
     with pytest.raises(ValueError, match="unknown task"):
         reward("chess", "", {})
@@ -244,14 +299,14 @@ def test_reward_dispatch():
 HOSTILE = [
     "\\boxed{" + TOWER + "}",
     r"\boxed{10^{10^{10^{10}}}}",
-    r"The final answer is $2^{2^{2^{2^{2^{2^{2}}}}}}$",      # a tower without a box: no verifier call
+    r"The final answer is $2^{2^{2^{2^{2^{2^{2}}}}}}$",  # a tower without a box: no verifier call
     r"\boxed{100000!}",
     "\\boxed{" + "\\frac{1}{" * 500 + "2" + "}" * 500 + "}",  # \frac 500 deep (over 300 characters)
-    "\\boxed{" + "\\frac{1}{" * 25 + "2" + "}" * 25 + "}",    # \frac 25 deep
+    "\\boxed{" + "\\frac{1}{" * 25 + "2" + "}" * 25 + "}",  # \frac 25 deep
     "x" * 10**6,
     "\\boxed{" * 10**5,
     "{" * 10**6 + "}" * 10**6,
-    "\\boxed{" + "{}" * 10**6,                               # a box that never closes
+    "\\boxed{" + "{}" * 10**6,  # a box that never closes
     "<answer>" * 10**5 + "</answer>",
     "<answer>30**100**93</answer>",
     "<answer>" + "(" * 10**5 + "1" + ")" * 10**5 + "</answer>",
@@ -264,8 +319,10 @@ def timed_rewards(texts, gold="5"):
     """(reward, seconds) for both task kinds on every text; a worker's startup is not timed."""
     out = []
     for text in texts:
-        for task, example in [("math500", {"answer": gold}),
-                              ("countdown", {"numbers": [3, 5, 7], "target": 22})]:
+        for task, example in [
+            ("math500", {"answer": gold}),
+            ("countdown", {"numbers": [3, 5, 7], "target": 22}),
+        ]:
             worker_ready()
             start = time.perf_counter()
             value = reward(task, text, example)
@@ -280,7 +337,7 @@ def test_hostile_inputs_main_thread():
     assert math_reward(r"\boxed{0.5}", r"\frac{1}{2}") == 1.0  # the worker recovered
 
 
-# ----------------------------------------------------------------------------- the math-verify worker
+# --------------------------------------------------------------------------- the math-verify worker
 def test_timeout_is_counted_and_the_worker_replaced_at_once():
     worker_ready()
     old, before, start = rewards._worker.proc.pid, dict(rewards.calls), time.perf_counter()
@@ -288,13 +345,16 @@ def test_timeout_is_counted_and_the_worker_replaced_at_once():
     assert rewards.TIMEOUT_S <= time.perf_counter() - start < LIMIT_S
     assert delta(before) == {"math_verify": 1, "timeout": 1}
     assert not alive(old)  # killed (and reaped) ...
-    assert rewards._worker.proc.poll() is None and not rewards._worker.ready  # ... and a new one starting
+    assert (
+        rewards._worker.proc.poll() is None and not rewards._worker.ready
+    )  # ... and a new one starting
     assert verify_in_worker("$0.5$", r"$\frac{1}{2}$")
 
 
 def test_crash_is_counted(monkeypatch):
-    """The worker dies mid-call (here: we kill it): the call scores False at once and counts as a crash.
-    A worker that died between calls is replaced before the next call, which loses nothing."""
+    """The worker dies mid-call (here: we kill it): the call scores False at once and counts as a
+    crash. A worker that died between calls is replaced before the next call, which loses
+    nothing."""
     monkeypatch.setattr(rewards, "TIMEOUT_S", 5.0)  # so that a late kill cannot pass for a timeout
     worker_ready()
     pid, before = rewards._worker.proc.pid, dict(rewards.calls)
@@ -313,12 +373,19 @@ def test_crash_is_counted(monkeypatch):
 
 
 def test_many_threads_at_once():
-    """math-verify's own timeouts need the main thread; ours must not. Four threads share the worker."""
-    pairs = [(f"${k}/{2 * k}$", "$0.5$") for k in range(1, 11)] + [(f"${k}$", "$0.5$") for k in range(1, 11)]
+    """math-verify's own timeouts need the main thread; ours must not. Four threads share the
+    worker."""
+    pairs = [(f"${k}/{2 * k}$", "$0.5$") for k in range(1, 11)] + [
+        (f"${k}$", "$0.5$") for k in range(1, 11)
+    ]
     before = dict(rewards.calls)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda p: verify_in_worker(*p), pairs + [(f"${TOWER}$", "$1$")] + pairs))
-    assert results == [True] * 10 + [False] * 10 + [False] + [True] * 10 + [False] * 10  # the tower timed out
+        results = list(
+            pool.map(lambda p: verify_in_worker(*p), pairs + [(f"${TOWER}$", "$1$")] + pairs)
+        )
+    assert (
+        results == [True] * 10 + [False] * 10 + [False] + [True] * 10 + [False] * 10
+    )  # the tower timed out
     assert delta(before) == {"math_verify": 41, "timeout": 1}
 
 
@@ -328,8 +395,8 @@ def score_in_another_process(text):
 
 
 def test_several_processes_at_once():
-    """Like DDP ranks: two processes forked from this one (which has a worker) score at once; their workers
-    end with them (a pool process exits without atexit: its worker sees EOF)."""
+    """Like DDP ranks: two processes forked from this one (which has a worker) score at once; their
+    workers end with them (a pool process exits without atexit: its worker sees EOF)."""
     ctx = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as pool:
         results = list(pool.map(score_in_another_process, HOSTILE[:2]))
@@ -341,15 +408,17 @@ def test_several_processes_at_once():
     assert all(wait_until_gone(pid, 10) for pid in pids)
 
 
-HELD_IMPORT = r'''
+HELD_IMPORT = r"""
 import importlib, json, sys, threading
 sys.path.insert(0, sys.argv[1])
 import rewards
-MODULE = "antlr4.LL1Analyzer"  # not imported by `import rewards`; the worker's first parse imports it
+# not imported by `import rewards`; the worker's first parse imports it
+MODULE = "antlr4.LL1Analyzer"
 assert MODULE not in sys.modules, f"{MODULE} is imported already: nothing to provoke"
 held, release = threading.Event(), threading.Event()
 
-def import_in_progress():  # holds MODULE's import lock, as a thread half-way through importing it does
+# holds MODULE's import lock, as a thread half-way through importing it does
+def import_in_progress():
     with importlib._bootstrap._ModuleLockManager(MODULE):
         held.set()
         release.wait(30)
@@ -361,19 +430,20 @@ ok = [rewards.verify_in_worker("$0.5$", r"$\frac{1}{2}$") for _ in range(2)]
 release.set()
 importer.join()
 print(json.dumps({"ok": ok, "calls": rewards.calls}))
-'''
+"""
 
 
 def test_worker_starts_while_another_thread_holds_an_import_lock():
     """Issue 8: a worker forked while another thread imports a module it needs waits for that import
-    forever (the lock is copied held), so every call timed out; a fresh interpreter does not care."""
+    forever (the lock is copied held), so every call timed out; a fresh interpreter does not care.
+    """
     out = run_bounded([sys.executable, "-c", HELD_IMPORT, ROOT], 60)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result == {"ok": [True, True], "calls": {"math_verify": 2}}, result
 
 
-EXITS = r'''
+EXITS = r"""
 import os, signal, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import rewards
@@ -384,12 +454,13 @@ if sys.argv[2] == "busy":  # die while the worker computes a tower that never en
     time.sleep(0.3)
 if sys.argv[2] != "exit":
     os.kill(os.getpid(), signal.SIGKILL)
-'''
+"""
 
 
 @pytest.mark.parametrize("how", ["exit", "idle", "busy"])
 def test_worker_ends_with_its_process(how):
-    """exit: atexit kills the worker; killed while idle: it reads EOF; killed while busy: its alarm ends it."""
+    """exit: atexit kills the worker; killed while idle: it reads EOF; killed while busy: its alarm
+    ends it."""
     out = run_bounded([sys.executable, "-c", EXITS, ROOT, how], 60)
     assert out.returncode == (0 if how == "exit" else -signal.SIGKILL), out.stderr[-3000:]
     pid = int(out.stdout)
@@ -399,14 +470,28 @@ def test_worker_ends_with_its_process(how):
 # ----------------------------------------------------------------------------- trajectories
 def random_text(rng):
     """A text mixing the pieces the readers look at: boxes (closed or not), tags, LaTeX, '= 22'."""
-    pieces = [r"\boxed{3*5+7}", r"\boxed{3 \times 5 + 7 = 22}", r"\boxed{0.5}", r"\boxed{\frac12}", r"\boxed{1/2",
-              "<answer>3*5+7</answer>", "<answer>3+5+7</answer>", "<answer>", "</answer>", "3*5+7", "the sum",
-              r"<answer>\boxed{3+5+7}</answer>", " "]
+    pieces = [
+        r"\boxed{3*5+7}",
+        r"\boxed{3 \times 5 + 7 = 22}",
+        r"\boxed{0.5}",
+        r"\boxed{\frac12}",
+        r"\boxed{1/2",
+        "<answer>3*5+7</answer>",
+        "<answer>3+5+7</answer>",
+        "<answer>",
+        "</answer>",
+        "3*5+7",
+        "the sum",
+        r"<answer>\boxed{3+5+7}</answer>",
+        " ",
+    ]
     return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
 
 
-@pytest.mark.parametrize("task, example", [("countdown", {"numbers": [3, 5, 7], "target": 22}),
-                                           ("math500", {"answer": r"\frac{1}{2}"})])
+@pytest.mark.parametrize(
+    "task, example",
+    [("countdown", {"numbers": [3, 5, 7], "target": 22}), ("math500", {"answer": r"\frac{1}{2}"})],
+)
 @pytest.mark.parametrize("format_score", [0.0, 0.1])
 def test_score_trajectory_matches_reward(task, example, format_score):
     """The memo is exact: every step scores what reward() gives its text alone."""
@@ -424,27 +509,47 @@ def noisy_trajectory(solution, T, rng):
     words = solution.split()
     order = list(range(len(words)))
     rng.shuffle(order)
-    rank = {i: r for r, i in enumerate(order)}  # word i shows from the step that reveals rank[i] + 1 words
-    return [" ".join(w if rank[i] < round(len(words) * (s + 1) / T) else rng.choice(words) for i, w in enumerate(words))
-            for s in range(T)]
+    rank = {
+        i: r for r, i in enumerate(order)
+    }  # word i shows from the step that reveals rank[i] + 1 words
+    return [
+        " ".join(
+            w if rank[i] < round(len(words) * (s + 1) / T) else rng.choice(words)
+            for i, w in enumerate(words)
+        )
+        for s in range(T)
+    ]
 
 
 def test_score_trajectory_throughput():
-    """Verifier calls: one per distinct boxed answer of a rollout that is not the gold string, none else."""
+    """Verifier calls: one per distinct boxed answer of a rollout that is not the gold string, none
+    else."""
     rows = read_jsonl(MATH500)[:8]
     rng = random.Random(0)
     texts = [noisy_trajectory(r["solution"], 128, rng) for r in rows]  # (N=8, T=128)
     golds = [r["answer"] for r in rows]
-    answers = [set(map(rewards.math_answer, row)) for row in texts]  # what the reward reads, per rollout
-    expected_calls = sum(len({b for b in row if b and b.strip() and rewards._normalise(b) != rewards._normalise(gold)})
-                         for row, gold in zip(answers, golds))
+    answers = [
+        set(map(rewards.math_answer, row)) for row in texts
+    ]  # what the reward reads, per rollout
+    expected_calls = sum(
+        len(
+            {
+                b
+                for b in row
+                if b and b.strip() and rewards._normalise(b) != rewards._normalise(gold)
+            }
+        )
+        for row, gold in zip(answers, golds)
+    )
     before, start = dict(rewards.calls), time.perf_counter()
     scores = score_trajectory(texts, "math500", [{"answer": gold} for gold in golds])
     seconds = time.perf_counter() - start
     calls = delta(before).get("math_verify", 0)
-    print(f"\nscore_trajectory: {scores.numel()} steps in {seconds:.2f} s "
-          f"({scores.numel() / seconds:.0f} steps/s), {calls} math-verify calls "
-          f"({calls / seconds:.0f} calls/s), final-step accuracy {scores[:, -1].mean():.2f}")
+    print(
+        f"\nscore_trajectory: {scores.numel()} steps in {seconds:.2f} s "
+        f"({scores.numel() / seconds:.0f} steps/s), {calls} math-verify calls "
+        f"({calls / seconds:.0f} calls/s), final-step accuracy {scores[:, -1].mean():.2f}"
+    )
     assert calls == expected_calls > 0
     assert delta(before)["reward"] == sum(map(len, answers))  # one score per distinct answer
     assert scores[:, -1].tolist() == [1.0] * 8  # the last step is the solution itself

@@ -1,6 +1,7 @@
-"""Paper-scale code paths checked on CPU: FSDP2 gradients stay sharded across micro-batches, bf16 compute where
-configured, a reference model whose KL is exactly 0 at the start, sharded checkpoints that reshard on resume.
-pytest -q tests/test_scale.py"""
+"""Paper-scale code paths checked on CPU: FSDP2 gradients stay sharded across micro-batches, bf16
+compute where configured, a reference model whose KL is exactly 0 at the start, sharded checkpoints
+that reshard on resume. pytest -q tests/test_scale.py"""
+
 import dataclasses
 import json
 import os
@@ -21,26 +22,41 @@ import updates
 from conftest import ROOT, run_bounded, spawn_bounded
 from test_train import fake_batches
 
-CFG = config.Config(algo="mdpo", temperature=0.7, inner_steps=1, eps=0.2, beta=0.05, loss_norm="token", fsdp=True)
+CFG = config.Config(
+    algo="mdpo", temperature=0.7, inner_steps=1, eps=0.2, beta=0.05, loss_norm="token", fsdp=True
+)
 
 
 def mdpo_loss_of(wrapped, batches, cfg):
-    """batch -> updates.batch_loss at inner step 0, normalised over these batches' tokens (one rank's share)."""
+    """batch -> updates.batch_loss at inner step 0, normalised over these batches' tokens (one
+    rank's share)."""
     loss_fn = updates.mdpo_objective(cfg, 0, sum(b.loss_mask.sum().item() for b in batches), 0)
     return lambda b: optimise.batch_loss(wrapped, b, 0, loss_fn, cfg, cfg.temperature)
 
 
 def fsdp_worker(rank, world, init_file, out_dir, precision):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    cfg = dataclasses.replace(CFG, precision=precision, model=str(os.path.join(out_dir, "model")), out=out_dir)
+    cfg = dataclasses.replace(
+        CFG, precision=precision, model=str(os.path.join(out_dir, "model")), out=out_dir
+    )
     model, wrapped, ref, tok, mask_id = train.build(cfg, rank, world, torch.device("cpu"))
     batches = fake_batches(3, seed=rank)
     optimise.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
     held, loss_of = [], mdpo_loss_of(wrapped, batches, cfg)
 
-    def recording_loss_of(b):  # before each micro-batch: which parameters hold a gradient, and of what size
-        held.append([(p.grad is not None, p.grad.to_local().numel() if p.grad is not None else 0, p.numel())
-                     for p in model.parameters()])
+    def recording_loss_of(
+        b,
+    ):  # before each micro-batch: which parameters hold a gradient, and of what size
+        held.append(
+            [
+                (
+                    p.grad is not None,
+                    p.grad.to_local().numel() if p.grad is not None else 0,
+                    p.numel(),
+                )
+                for p in model.parameters()
+            ]
+        )
         return loss_of(b)
 
     totals = optimise.backward(wrapped, batches, recording_loss_of, cfg)
@@ -49,13 +65,21 @@ def fsdp_worker(rank, world, init_file, out_dir, precision):
     ck = os.path.join(out_dir, "ck")
     checkpoint.save(ck, model, tok, optimizer, {"gen": [], "step": 1}, rank, full_weights=False)
     saved = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
-    fresh, fresh_wrapped, _, _, _ = train.build(dataclasses.replace(cfg, beta=0.0), rank, world, torch.device("cpu"))
+    fresh, fresh_wrapped, _, _, _ = train.build(
+        dataclasses.replace(cfg, beta=0.0), rank, world, torch.device("cpu")
+    )
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
     state = checkpoint.load(ck, fresh, fresh_opt)
     same = all(torch.equal(v.full_tensor(), saved[k]) for k, v in fresh.state_dict().items())
     files = sorted(os.listdir(ck)) + sorted(os.listdir(os.path.join(ck, "dcp")))
-    result = {"held": held, "kl_sum_at_start": totals["kl"], "reloaded_equal": same, "files": files,
-              "step": state["step"], "moments": len(fresh_opt.state)}
+    result = {
+        "held": held,
+        "kl_sum_at_start": totals["kl"],
+        "reloaded_equal": same,
+        "files": files,
+        "step": state["step"],
+        "moments": len(fresh_opt.state),
+    }
     with open(os.path.join(out_dir, f"fsdp{rank}.json"), "w") as f:
         json.dump(result, f)
     del model, wrapped, ref, fresh, fresh_wrapped, optimizer, fresh_opt
@@ -66,7 +90,9 @@ def run_fsdp(tmp_path, precision):
     torch.manual_seed(0)
     toy.ToyMDLM(toy.ToyConfig(n_layers=2, d_model=32)).save_pretrained(tmp_path / "model")
     toy.ToyTokenizer().save_pretrained(tmp_path / "model")
-    spawn_bounded(fsdp_worker, (2, str(tmp_path / "init"), str(tmp_path), precision), nprocs=2, timeout=90)
+    spawn_bounded(
+        fsdp_worker, (2, str(tmp_path / "init"), str(tmp_path), precision), nprocs=2, timeout=90
+    )
     return [json.loads((tmp_path / f"fsdp{r}.json").read_text()) for r in range(2)]
 
 
@@ -75,14 +101,19 @@ def test_fsdp_gradients_are_sharded_after_every_micro_batch_and_kl_starts_at_zer
     for result in run_fsdp(tmp_path, "fp32"):
         before_first, before_second, before_third = result["held"]
         assert not any(has for has, _, _ in before_first)
-        # after one micro-batch every parameter already holds its reduce-scattered shard (half of it on 2 ranks),
-        # not a full-size unsharded gradient kept back until the last micro-batch
+        # after one micro-batch every parameter already holds its reduce-scattered shard (half of it
+        # on 2 ranks), not a full-size unsharded gradient kept back until the last micro-batch
         for has, local, full in before_second + before_third:
             assert has and local < full
-        assert sum(local for _, local, _ in before_second) <= sum(full for _, _, full in before_second) / 2 + 64
-        assert result["kl_sum_at_start"] == 0.0  # the reference is the start model, sharded and run the same way
-        # checkpoint: each rank wrote its shard, nothing was gathered (no consolidated weights), and a fresh
-        # sharded model with its optimiser reads back exactly what was saved
+        assert (
+            sum(local for _, local, _ in before_second)
+            <= sum(full for _, _, full in before_second) / 2 + 64
+        )
+        assert (
+            result["kl_sum_at_start"] == 0.0
+        )  # the reference is the start model, sharded and run the same way
+        # checkpoint: each rank wrote its shard, nothing was gathered (no consolidated weights), and
+        # a fresh sharded model with its optimiser reads back exactly what was saved
         assert "__0_0.distcp" in result["files"] and "__1_0.distcp" in result["files"]
         assert "model.safetensors" not in result["files"] and "trainer_state.pt" in result["files"]
         assert result["reloaded_equal"] and result["step"] == 1 and result["moments"] > 0
@@ -109,35 +140,88 @@ def test_bf16_rollouts_and_training_forwards_on_cpu(tmp_path, tok):
     tok.save_pretrained(tmp_path / "model")
     ex = toy.make_task("toy-countdown", 2, 0, "train")
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        cfg = dataclasses.replace(CFG, fsdp=False, precision=precision, model=str(tmp_path / "model"),
-                                  out=str(tmp_path), group_size=2, gen_length=8, block_lengths=(8,), steps=4)
+        cfg = dataclasses.replace(
+            CFG,
+            fsdp=False,
+            precision=precision,
+            model=str(tmp_path / "model"),
+            out=str(tmp_path),
+            group_size=2,
+            gen_length=8,
+            block_lengths=(8,),
+            steps=4,
+        )
         model, wrapped, ref, _, mask_id = train.build(cfg, 0, 1, torch.device("cpu"))
         seen = dtypes_seen(model)
-        rollouts.sample_group(wrapped, tok, ex, cfg, mask_id, torch.Generator().manual_seed(0), 0, record=True)
-        assert seen and set(seen) == {dtype}, f"rollouts ran in {set(seen)} under --precision {precision}"
+        rollouts.sample_group(
+            wrapped, tok, ex, cfg, mask_id, torch.Generator().manual_seed(0), 0, record=True
+        )
+        assert seen and set(seen) == {
+            dtype
+        }, f"rollouts ran in {set(seen)} under --precision {precision}"
         seen.clear()
         batches = fake_batches(2)
         optimise.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
         totals = optimise.backward(wrapped, batches, mdpo_loss_of(wrapped, batches, cfg), cfg)
-        assert set(seen) == {dtype} and totals["kl"] == 0.0  # KL sum 0 at the start, in either precision
+        assert (
+            set(seen) == {dtype} and totals["kl"] == 0.0
+        )  # KL sum 0 at the start, in either precision
         assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
 
 
 @pytest.mark.slow
 def test_fsdp_checkpoint_is_sharded_and_resumes_on_one_process(tmp_path):
-    common = ["--algo", "sft", "--task", "toy-arith", "--micro-batch", "8", "--n-train", "40", "--save-every", "2"]
-    cmd = [os.sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", ROOT / "train.py",
-           *common, "--max-updates", "2", "--out", tmp_path / "run", "--fsdp"]
+    common = [
+        "--algo",
+        "sft",
+        "--task",
+        "toy-arith",
+        "--micro-batch",
+        "8",
+        "--n-train",
+        "40",
+        "--save-every",
+        "2",
+    ]
+    cmd = [
+        os.sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        ROOT / "train.py",
+        *common,
+        "--max-updates",
+        "2",
+        "--out",
+        tmp_path / "run",
+        "--fsdp",
+    ]
     res = run_bounded(cmd, 120, env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "run" / "last" / "dcp").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own part
-    res = run_bounded([os.sys.executable, ROOT / "train.py", *common, "--max-updates", "4", "--out", tmp_path / "run",
-                       "--resume"], 120)  # one plain process reads the two ranks' shards
+    res = run_bounded(
+        [
+            os.sys.executable,
+            ROOT / "train.py",
+            *common,
+            "--max-updates",
+            "4",
+            "--out",
+            tmp_path / "run",
+            "--resume",
+        ],
+        120,
+    )  # one plain process reads the two ranks' shards
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "run" / "last" / "model.safetensors").exists()
     assert "written by 2 processes, this run has 1" in res.stdout + res.stderr
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()[1:]]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()[1:]
+    ]
     assert steps == [1, 2, 3, 4]
 
 
@@ -147,8 +231,14 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
     toy.ToyTokenizer().save_pretrained(tmp_path / "model")
     grads = []
     for on in (False, True):
-        cfg = dataclasses.replace(CFG, fsdp=False, beta=0.0, activation_checkpointing=on,
-                                  model=str(tmp_path / "model"), out=str(tmp_path))
+        cfg = dataclasses.replace(
+            CFG,
+            fsdp=False,
+            beta=0.0,
+            activation_checkpointing=on,
+            model=str(tmp_path / "model"),
+            out=str(tmp_path),
+        )
         model, wrapped, _, _, _ = train.build(cfg, 0, 1, torch.device("cpu"))
         blocks = distributed.blocks(model)
         assert len(blocks) == 2 and all(("checkpoint" in repr(b.forward)) == on for b in blocks)
@@ -160,12 +250,23 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
 
 
 def test_training_rollouts_use_the_authors_confidence(tok, monkeypatch):
-    """The authors order a rollout's reveals by the tempered confidence (DEVIATIONS.md, sample.py 5): so do we."""
+    """The authors order a rollout's reveals by the tempered confidence (DEVIATIONS.md, sample.py
+    5): so do we."""
     seen, real = [], sample.generate
     monkeypatch.setattr(sample, "generate", lambda *a, **k: seen.append(k) or real(*a, **k))
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
     cfg = config.Config(group_size=2, gen_length=8, block_lengths=(4, 8), steps=4, temperature=0.7)
-    rollouts.sample_group(model, tok, toy.make_task("toy-countdown", 2, 0, "train"), cfg, tok.mask_token_id,
-                         torch.Generator().manual_seed(0), 0, record=False)
-    assert [k["confidence"] for k in seen] == ["sampling", "sampling"] and {k["block_length"] for k in seen} == {4, 8}
+    rollouts.sample_group(
+        model,
+        tok,
+        toy.make_task("toy-countdown", 2, 0, "train"),
+        cfg,
+        tok.mask_token_id,
+        torch.Generator().manual_seed(0),
+        0,
+        record=False,
+    )
+    assert [k["confidence"] for k in seen] == ["sampling", "sampling"] and {
+        k["block_length"] for k in seen
+    } == {4, 8}

@@ -1,4 +1,6 @@
-"""train.py: DDP gradients, kill-and-resume, a short MDPO run, bad input.  pytest -q tests/test_train.py"""
+"""train.py: DDP gradients, kill-and-resume, a short MDPO run, bad input.
+pytest -q tests/test_train.py"""
+
 import dataclasses
 import json
 import os
@@ -35,9 +37,16 @@ def fake_batches(n, seed=0, b=3, P=5, L=8, V=59, mask_id=1):
         x = torch.randint(5, V, (b, P + L), generator=g)
         mask = torch.rand(b, L, generator=g) < 0.5
         x[:, P:][mask] = mask_id
-        batches.append(optimise.MicroBatch([x], torch.ones(b, P + L, dtype=torch.long),
-                                          torch.randint(5, V, (b, L), generator=g), mask,
-                                          torch.randn(b, 1, generator=g), P))
+        batches.append(
+            optimise.MicroBatch(
+                [x],
+                torch.ones(b, P + L, dtype=torch.long),
+                torch.randint(5, V, (b, L), generator=g),
+                mask,
+                torch.randn(b, 1, generator=g),
+                P,
+            )
+        )
     return batches
 
 
@@ -50,17 +59,23 @@ def grpo_batches(n):
     return fake_batches(n, seed=1)
 
 
-ALGOS = {"mdpo": CFG, "diffu-grpo": GRPO_CFG, "cj-grpo": dataclasses.replace(CFG, algo="cj-grpo", eps=0.5),
-         "igpo": dataclasses.replace(CFG, algo="igpo"), "igpo-sequence": dataclasses.replace(
-             CFG, algo="igpo", igpo_ratio="sequence")}
+ALGOS = {
+    "mdpo": CFG,
+    "diffu-grpo": GRPO_CFG,
+    "cj-grpo": dataclasses.replace(CFG, algo="cj-grpo", eps=0.5),
+    "igpo": dataclasses.replace(CFG, algo="igpo"),
+    "igpo-sequence": dataclasses.replace(CFG, algo="igpo", igpo_ratio="sequence"),
+}
 
 
 def objective(name, mine, cfg):
-    """The update's loss function for this rank's micro-batches, its normalisers shared over ranks as the
-    update functions share them. CJ-GRPO: row j of every micro-batch stands for step j."""
+    """The update's loss function for this rank's micro-batches, its normalisers shared over ranks
+    as the update functions share them. CJ-GRPO: row j of every micro-batch stands for step j."""
     n_tokens = optimise.per_rank_share([sum(b.loss_mask.sum().item() for b in mine)], "cpu")[0]
     if name == "cj-grpo":
-        step_tokens = optimise.per_rank_share(sum(b.loss_mask.sum(1).float() for b in mine).tolist(), "cpu")
+        step_tokens = optimise.per_rank_share(
+            sum(b.loss_mask.sum(1).float() for b in mine).tolist(), "cpu"
+        )
         denom = grpo.cj_grpo_denominators(torch.tensor(step_tokens))  # (3,), one per step
         for b in mine:
             b.denom = denom[:, None]  # (3, 1)
@@ -73,17 +88,21 @@ def objective(name, mine, cfg):
 
 
 def weights_after_one_step(world, rank):
-    """The weights after one optimiser step (SGD, lr 1) of each algorithm on 4 micro-batches, split over
-    `world` ranks (2 each on 2 ranks): policy_steps with the update's normaliser shared over ranks."""
+    """The weights after one optimiser step (SGD, lr 1) of each algorithm on 4 micro-batches, split
+    over `world` ranks (2 each on 2 ranks): policy_steps with the update's normaliser shared over
+    ranks.
+    """
     out = {}
     for name, cfg in ALGOS.items():
         batches = grpo_batches(4) if name != "mdpo" else fake_batches(4)
         torch.manual_seed(0)
         model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
         wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-        mine = batches[2 * rank: 2 * rank + 2] if world > 1 else batches
+        mine = batches[2 * rank : 2 * rank + 2] if world > 1 else batches
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        optimise.policy_steps(wrapped, None, optimizer, mine, objective(name, mine, cfg), cfg, 0.7, True)
+        optimise.policy_steps(
+            wrapped, None, optimizer, mine, objective(name, mine, cfg), cfg, 0.7, True
+        )
         out[name] = {k: v.detach().clone() for k, v in model.named_parameters()}
         del wrapped
     return out
@@ -128,11 +147,31 @@ def logged_steps(out):
 
 @pytest.mark.slow
 def test_kill_and_resume_gives_the_same_weights(tmp_path):
-    common = ["--algo", "sft", "--task", "toy-arith", "--max-updates", 12, "--micro-batch", 8, "--n-train", 50,
-              "--save-every", 2, "--eval-every", 6, "--n-eval", 8]
+    common = [
+        "--algo",
+        "sft",
+        "--task",
+        "toy-arith",
+        "--max-updates",
+        12,
+        "--micro-batch",
+        8,
+        "--n-train",
+        50,
+        "--save-every",
+        2,
+        "--eval-every",
+        6,
+        "--n-eval",
+        8,
+    ]
     run_train(*common, "--out", tmp_path / "a")
-    assert (tmp_path / "a" / "plot.png").stat().st_size > 0 and (tmp_path / "a" / "best" / "trainer_state.pt").exists()
-    rows = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()[1:]]
+    assert (tmp_path / "a" / "plot.png").stat().st_size > 0 and (
+        tmp_path / "a" / "best" / "trainer_state.pt"
+    ).exists()
+    rows = [
+        json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()[1:]
+    ]
     assert [r["step"] for r in rows if "eval_accuracy" in r] == [6, 12]
     proc = run_train(*common, "--out", tmp_path / "b", wait=False)
     deadline = time.time() + 240
@@ -154,9 +193,10 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
 
 
 class PositionLogits(torch.nn.Module):
-    """A policy that ignores its input: one free row of logits per position. Every position is nearly
-    certain of the reference completion's token, except the two operators inside <answer>, where
-    '+' (right) and '-' (wrong) are equally likely: a rollout is correct with probability 1/4."""
+    """A policy that ignores its input: one free row of logits per position. Every position is
+    nearly certain of the reference completion's token, except the two operators inside <answer>,
+    where '+' (right) and '-' (wrong) are equally likely: a rollout is correct with probability
+    1/4."""
 
     def __init__(self, tok, example, prompt_len, gen_length):
         super().__init__()
@@ -176,17 +216,39 @@ class PositionLogits(torch.nn.Module):
 
 
 def test_short_seeded_mdpo_run_raises_the_reward(tok):
-    example = {"prompt": "nums 1 2 3 -> 6", "numbers": [1, 2, 3], "target": 6,
-               "completion": "1+2 = 3\n3+3 = 6\n<answer>(1+2)+3</answer>"}
-    cfg = config.Config(task="toy-countdown", group_size=8, gen_length=40, block_lengths=(40, 10), steps=20,
-                        temperature=1.0, top_c=4, micro_batch=32, beta=0.0)
+    example = {
+        "prompt": "nums 1 2 3 -> 6",
+        "numbers": [1, 2, 3],
+        "target": 6,
+        "completion": "1+2 = 3\n3+3 = 6\n<answer>(1+2)+3</answer>",
+    }
+    cfg = config.Config(
+        task="toy-countdown",
+        group_size=8,
+        gen_length=40,
+        block_lengths=(40, 10),
+        steps=20,
+        temperature=1.0,
+        top_c=4,
+        micro_batch=32,
+        beta=0.0,
+    )
     torch.manual_seed(0)
     model = PositionLogits(tok, example, len(tok.encode(example["prompt"])), cfg.gen_length)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.5)
     gen, curve = torch.Generator().manual_seed(0), []
     for update in range(12):
-        stats = updates.mdpo_update(model, None, optimizer, [example] * 4, cfg, tokenizer=tok,
-                                    mask_id=tok.mask_token_id, generator=gen, update=update)
+        stats = updates.mdpo_update(
+            model,
+            None,
+            optimizer,
+            [example] * 4,
+            cfg,
+            tokenizer=tok,
+            mask_id=tok.mask_token_id,
+            generator=gen,
+            update=update,
+        )
         curve.append(stats["reward"])
     # binary reward: a rollout is right with probability 1/4 at the start
     assert curve[0] < 0.45 and sum(curve[-3:]) / 3 > 0.9, curve
@@ -197,18 +259,52 @@ def test_malformed_training_file_is_a_clear_error(tmp_path, tok):
     toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).save_pretrained(tmp_path / "ck")
     tok.save_pretrained(tmp_path / "ck")
     with pytest.raises(SystemExit, match=r'train.py: error: .*bad.csv:3: missing "Solution"'):
-        train.main(["--model", str(tmp_path / "ck"), "--task", "math500", "--train-file", str(tmp_path / "bad.csv"),
-                    "--out", str(tmp_path / "run"), "--beta", "0"])
+        train.main(
+            [
+                "--model",
+                str(tmp_path / "ck"),
+                "--task",
+                "math500",
+                "--train-file",
+                str(tmp_path / "bad.csv"),
+                "--out",
+                str(tmp_path / "run"),
+                "--beta",
+                "0",
+            ]
+        )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["sft"])
 def test_torchrun_fsdp_matches_ddp(tmp_path, algo):
     """Two gloo processes: FSDP2 (fully_shard) and DDP take the same updates."""
-    common = ["--algo", algo, "--task", "toy-arith", "--max-updates", 3, "--micro-batch", 8, "--n-train", 40]
+    common = [
+        "--algo",
+        algo,
+        "--task",
+        "toy-arith",
+        "--max-updates",
+        3,
+        "--micro-batch",
+        8,
+        "--n-train",
+        40,
+    ]
     for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(ROOT / "train.py"), *map(str, common), "--out", str(tmp_path / name), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "train.py"),
+            *map(str, common),
+            "--out",
+            str(tmp_path / name),
+            *extra,
+        ]
         out = run_bounded(cmd, 120, env={"OMP_NUM_THREADS": "1"})
         assert out.returncode == 0, out.stderr[-3000:]
         assert logged_steps(tmp_path / name) == [1, 2, 3]
@@ -222,9 +318,17 @@ def test_torchrun_fsdp_matches_ddp(tmp_path, algo):
 
 def test_prefilter_keeps_the_over_denoised_prompts_and_caches_them(tmp_path, monkeypatch, tok):
     examples = [{"prompt": str(i), "answer": str(i)} for i in range(4)]
-    step_rewards = {10: torch.tensor([[0., 1, 1, 0], [0, 0, 0, 1], [1, 0, 1, 0], [0, 0, 0, 0]]),  # rows 0, 2 over-denoised
-                    40: torch.tensor([[0., 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])}  # row 1
-    monkeypatch.setattr(evaluation, "sharded_accuracy", lambda m, t, ex, a, mid, rem, block, r, w: (0.0, step_rewards[block]))
+    step_rewards = {
+        10: torch.tensor(
+            [[0.0, 1, 1, 0], [0, 0, 0, 1], [1, 0, 1, 0], [0, 0, 0, 0]]
+        ),  # rows 0, 2 over-denoised
+        40: torch.tensor([[0.0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]),
+    }  # row 1
+    monkeypatch.setattr(
+        evaluation,
+        "sharded_accuracy",
+        lambda m, t, ex, a, mid, rem, block, r, w: (0.0, step_rewards[block]),
+    )
     args = config.Config(out=str(tmp_path), block_lengths=(10, 40))
     kept = evaluation.prefilter(None, tok, examples, args, 1, 0, 1)
     assert [ex["prompt"] for ex in kept] == ["0", "1", "2"]  # over-denoised under either block size
@@ -232,15 +336,19 @@ def test_prefilter_keeps_the_over_denoised_prompts_and_caches_them(tmp_path, mon
     assert evaluation.prefilter(None, tok, examples, args, 1, 0, 1) == kept
     (tmp_path / "prefilter.jsonl").unlink()
     step_rewards[10][[0, 2]], step_rewards[40][1] = 0.0, 0.0
-    monkeypatch.setattr(evaluation, "sharded_accuracy", lambda m, t, ex, a, mid, rem, block, r, w: (0.0, step_rewards[block]))
+    monkeypatch.setattr(
+        evaluation,
+        "sharded_accuracy",
+        lambda m, t, ex, a, mid, rem, block, r, w: (0.0, step_rewards[block]),
+    )
     with pytest.raises(ValueError, match="kept none of 4 training prompts: use --prefilter none"):
         evaluation.prefilter(None, tok, examples, args, 1, 0, 1)
 
 
 def test_inner_steps_recompute_old_log_probs_so_the_first_ratio_is_one(tok):
-    """mu > 1: the old log-probs come from the training forward itself before the first inner step (not from
-    the rollout, whose forward differs), so nothing is clipped at the first step; a policy that moved away
-    from them is clipped."""
+    """mu > 1: the old log-probs come from the training forward itself before the first inner step
+    (not from the rollout, whose forward differs), so nothing is clipped at the first step; a policy
+    that moved away from them is clipped."""
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
     b = fake_batches(1)[0]
@@ -249,30 +357,60 @@ def test_inner_steps_recompute_old_log_probs_so_the_first_ratio_is_one(tok):
     loss_fn = updates.mdpo_objective(cfg, 1, n, 1)
     optimise.fix_log_probs(model, None, [b], cfg, 0.7)
     with torch.no_grad():
-        logp = mdpo.token_logp(model(b.inputs[0], attention_mask=b.attention_mask).logits[:, b.prompt_len:],
-                               b.targets, 0.7)
+        logp = mdpo.token_logp(
+            model(b.inputs[0], attention_mask=b.attention_mask).logits[:, b.prompt_len :],
+            b.targets,
+            0.7,
+        )
     assert torch.equal(b.old_logp[0], logp)  # the same forward: ratio exactly 1
     assert optimise.batch_loss(model, b, 0, loss_fn, cfg, 0.7)[2] == 0  # nothing clipped
-    b.old_logp = [logp - 0.5 * b.adv.sign()]  # ratio e^0.5 = 1.65 > 1.2 where A > 0, 0.61 < 0.8 where A < 0
-    assert optimise.batch_loss(model, b, 1, loss_fn, cfg, 0.7)[2] == n  # every masked token is clipped
+    b.old_logp = [
+        logp - 0.5 * b.adv.sign()
+    ]  # ratio e^0.5 = 1.65 > 1.2 where A > 0, 0.61 < 0.8 where A < 0
+    assert (
+        optimise.batch_loss(model, b, 1, loss_fn, cfg, 0.7)[2] == n
+    )  # every masked token is clipped
 
 
 def test_prompt_order_draws_every_prompt_once_per_epoch():
     n, seed = 7, 3
-    drawn = [tasks.prompt_order(g, n, seed) for g in range(3 * n)]  # three epochs, batches straddling the ends
+    drawn = [
+        tasks.prompt_order(g, n, seed) for g in range(3 * n)
+    ]  # three epochs, batches straddling the ends
     for e in range(3):
-        assert sorted(drawn[e * n:(e + 1) * n]) == list(range(n))
-    assert drawn[:n] != drawn[n:2 * n]  # a fresh permutation each epoch
+        assert sorted(drawn[e * n : (e + 1) * n]) == list(range(n))
+    assert drawn[:n] != drawn[n : 2 * n]  # a fresh permutation each epoch
     # as the trainer draws: 2 ranks x 2 prompts per update, 5 updates = 20 prompts, epochs of 7
-    got = [tasks.prompt_order(pos + rank * 2 + i, n, seed) for pos in range(0, 20, 4) for rank in range(2) for i in range(2)]
+    got = [
+        tasks.prompt_order(pos + rank * 2 + i, n, seed)
+        for pos in range(0, 20, 4)
+        for rank in range(2)
+        for i in range(2)
+    ]
     assert [got[:14].count(k) for k in range(n)] == [2] * n
 
 
 def test_non_finite_loss_skips_the_update_and_logs_it(tmp_path, monkeypatch):
     real = mdpo.masked_diffusion_loss
     monkeypatch.setattr(mdpo, "masked_diffusion_loss", lambda *a, **k: real(*a, **k) * float("nan"))
-    train.main(["--algo", "sft", "--task", "toy-arith", "--max-updates", "2", "--micro-batch", "4", "--n-train", "8",
-                "--n-eval", "4", "--out", str(tmp_path)])
+    train.main(
+        [
+            "--algo",
+            "sft",
+            "--task",
+            "toy-arith",
+            "--max-updates",
+            "2",
+            "--micro-batch",
+            "4",
+            "--n-train",
+            "8",
+            "--n-eval",
+            "4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()[1:]]
     assert [r.get("skipped") for r in rows] == [True, True]
     last = toy.ToyMDLM.from_pretrained(tmp_path / "last").state_dict()
@@ -281,16 +419,39 @@ def test_non_finite_loss_skips_the_update_and_logs_it(tmp_path, monkeypatch):
 
 
 def test_first_update_has_zero_kl_and_nothing_clipped(tmp_path):
-    """At the first update the policy is the reference (KL exactly 0) and, with one optimiser step per batch of
-    rollouts (mu = 1, the paper's MDPO), the ratio of Eq. 5 is exactly 1: nothing may be clipped."""
+    """At the first update the policy is the reference (KL exactly 0) and, with one optimiser step
+    per batch of rollouts (mu = 1, the paper's MDPO), the ratio of Eq. 5 is exactly 1: nothing may
+    be clipped."""
     torch.manual_seed(0)
     toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).save_pretrained(tmp_path / "m")
     toy.ToyTokenizer().save_pretrained(tmp_path / "m")
     for beta in ("0.08", "0"):
         out = tmp_path / f"run{beta}"
-        # a random model never answers right: reward the format (d1's 0.1) so that advantages are not all 0
-        train.main(["--model", str(tmp_path / "m"), "--task", "toy-countdown", "--eval-every", "0",
-                    "--max-updates", "1", "--prompts-per-update", "2", "--group-size",
-                    "4", "--beta", beta, "--format-score", "0.1", "--n-train", "8", "--out", str(out)])
+        # a random model never answers right: reward the format (d1's 0.1) so that advantages are
+        # not all 0
+        train.main(
+            [
+                "--model",
+                str(tmp_path / "m"),
+                "--task",
+                "toy-countdown",
+                "--eval-every",
+                "0",
+                "--max-updates",
+                "1",
+                "--prompts-per-update",
+                "2",
+                "--group-size",
+                "4",
+                "--beta",
+                beta,
+                "--format-score",
+                "0.1",
+                "--n-train",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
         row = json.loads((out / "log.jsonl").read_text().splitlines()[1])
         assert row["tokens"] > 0 and row["kl"] == 0.0 and row["clip_frac"] == 0.0, row

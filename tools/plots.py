@@ -1,7 +1,9 @@
-"""Every figure of the project, drawn from the files the runs write (log.jsonl, eval.py's statistics).
+"""Every figure of the project, drawn from the files the runs write (log.jsonl, eval.py's
+statistics).
 
-    python tools/plots.py out/run            # out/run/log.jsonl -> out/run/plot.png (train.py draws it too)
+python tools/plots.py out/run   # out/run/log.jsonl -> out/run/plot.png (train.py draws it too)
 """
+
 import json
 import sys
 from pathlib import Path
@@ -21,8 +23,10 @@ CURVES = [  # (log key, panel title, y label)
 
 
 def training_curves(log_path, png):
-    """A run's log.jsonl -> one panel per logged quantity against the update (raw, and a running mean over
-    10 updates). Quantities that never vary (the clipped share at mu = 1) are left out. Returns png."""
+    """A run's log.jsonl -> one panel per logged quantity against the update (raw, and a running
+    mean over 10 updates). Quantities that never vary (the clipped share at mu = 1) are left out.
+    Returns png.
+    """
     rows = [json.loads(line) for line in Path(log_path).read_text().splitlines()[1:]]
     panels = []
     for key, title, ylabel in CURVES:
@@ -36,11 +40,14 @@ def training_curves(log_path, png):
         steps, values = zip(*points)
         ax.plot(steps, values, color="C0", alpha=0.35 if len(steps) > 20 else 1.0, marker=".")
         if len(steps) > 20:
-            smooth = [sum(values[max(0, i - 9):i + 1]) / len(values[max(0, i - 9):i + 1]) for i in range(len(values))]
+            smooth = [
+                sum(values[max(0, i - 9) : i + 1]) / len(values[max(0, i - 9) : i + 1])
+                for i in range(len(values))
+            ]
             ax.plot(steps, smooth, color="C0", label="running mean of 10")
             ax.legend(fontsize=7)
         ax.set(title=title, xlabel="update", ylabel=ylabel)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"{Path(log_path).parent}", fontsize=9)
     fig.tight_layout()
@@ -50,16 +57,20 @@ def training_curves(log_path, png):
 
 
 def first_correct_histograms(groups, png):
-    """Fig. 3 (right): one histogram per decoding setting of when (as a share of T) a trajectory is first
-    correct, over the trajectories that are ever correct. groups: {setting name: eval.overdenoise_stats}."""
+    """Fig. 3 (right): one histogram per decoding setting of when (as a share of T) a trajectory is
+    first correct, over the trajectories that are ever correct. groups: {setting name:
+    eval.overdenoise_stats}.
+    """
     cols = min(len(groups), 4)
     n_rows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(3.2 * cols, 2.4 * n_rows), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, cols, figsize=(3.2 * cols, 2.4 * n_rows), sharex=True, squeeze=False
+    )
     for ax, (name, st) in zip(axes.flat, groups.items()):
         ax.hist(st["first_correct_fraction"], bins=10, range=(0, 1), color="C0")
         ax.set_title(name, fontsize=8)
         ax.set_ylabel("trajectories", fontsize=7)
-    for ax in axes.flat[len(groups):]:
+    for ax in axes.flat[len(groups) :]:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("first correct step / T", fontsize=8)
@@ -84,7 +95,9 @@ def curves_over_seeds(series, title, xlabel, ylabel, png, log_x=False):
         mean = [sum(v) / len(v) for v in ys]
         ax.plot(xs, mean, color=f"C{i}", marker=".", label=f"{name} ({len(runs)} seeds)")
         if len(runs) > 1:
-            ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=f"C{i}", alpha=0.2)
+            ax.fill_between(
+                xs, [min(v) for v in ys], [max(v) for v in ys], color=f"C{i}", alpha=0.2
+            )
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xscale="log" if log_x else "linear")
     ax.legend(fontsize=7)
     fig.tight_layout()

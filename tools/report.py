@@ -1,6 +1,8 @@
-"""results/RESULTS.md from what tools/reproduce.py collected: the criterion, Table 2 at toy scale, the claims'
-verdicts, sample efficiency, learning curves, over-denoising, the pre-filter, EOSER and ASS, the sweep.
+"""results/RESULTS.md from what tools/reproduce.py collected: the criterion, Table 2 at toy scale,
+the claims' verdicts, sample efficiency, learning curves, over-denoising, the pre-filter, EOSER and
+ASS, the sweep.
 """
+
 import json
 import math
 import os
@@ -52,15 +54,19 @@ def binomial_se(p, n):
 def difference(a, b, n):
     """Mean of a minus mean of b (points), with its standard error: the seeds' spread when there are
     several, the binomial one of a single accuracy on n problems otherwise."""
+
     def se(v):
         return statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else binomial_se(v[0], n)
+
     return statistics.mean(a) - statistics.mean(b), math.sqrt(se(a) ** 2 + se(b) ** 2)
 
 
 # ----------------------------------------------------------------------------- sections
 def criterion(res):
-    """The pre-registered sanity criterion, seed by seed, on val: each of MDPO and diffu-GRPO lifts greedy
-    val accuracy (LCR, B = 10, as train.py scores it) by >= 10 points and > 3 standard errors over its base."""
+    """The pre-registered sanity criterion, seed by seed, on val: each of MDPO and diffu-GRPO lifts
+    greedy val accuracy (LCR, B = 10, as train.py scores it) by >= 10 points and > 3 standard
+    errors over its base.
+    """
     n, lines, met = res["cfg"]["n_val"], [], True
     for algo in ("mdpo", "diffu-grpo"):
         for s, base in enumerate(res["base_val"]):
@@ -71,25 +77,45 @@ def criterion(res):
             se = math.sqrt(binomial_se(before, n) ** 2 + binomial_se(after, n) ** 2)
             ok = after - before >= 10 and after - before > 3 * se
             met &= ok
-            lines.append(f"| {NAMES[algo]} | {s} | {before:.1f} | {after:.1f} | {after - before:+.1f} | {se:.1f} | "
-                         f"{'yes' if ok else 'no'} |")
-    head = ["| algorithm | seed | base val (%) | after (%) | lift | SE | met |", "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {NAMES[algo]} | {s} | {before:.1f} | {after:.1f} | {after - before:+.1f} | "
+                f"{se:.1f} | {'yes' if ok else 'no'} |"
+            )
+    head = [
+        "| algorithm | seed | base val (%) | after (%) | lift | SE | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
     return met, head + lines
 
 
 def table2(res):
     """Table 2 at toy scale: mean ± std over seeds, columns semi-AR / pure-Diff at T and T/2."""
-    head = "| | " + " | ".join(f"{'semi-AR' if b < 40 else 'pure-Diff'} B={b} T={t}" for b, t in COLUMNS) + " |"
-    rows_ = [("toy base (SFT, Eq. 1), LCR", res["base_test"], "lcr"),
-             ("+ RCR, running max (paper's text; training-free)", res["base_test"], "rcr"),
-             ("+ RCR, latest (authors' code; training-free)", res["base_test"], "rcr-latest")]
-    rows_ += [(f"+ {NAMES[a]}, LCR", by_algo(res, a), "lcr") for a in ("diffu-grpo", "cj-grpo", "igpo", "mdpo")]
-    rows_ += [("+ MDPO + RCR, running max", by_algo(res, "mdpo"), "rcr"),
-              ("+ MDPO + RCR, latest", by_algo(res, "mdpo"), "rcr-latest")]
+    head = (
+        "| | "
+        + " | ".join(f"{'semi-AR' if b < 40 else 'pure-Diff'} B={b} T={t}" for b, t in COLUMNS)
+        + " |"
+    )
+    rows_ = [
+        ("toy base (SFT, Eq. 1), LCR", res["base_test"], "lcr"),
+        ("+ RCR, running max (paper's text; training-free)", res["base_test"], "rcr"),
+        ("+ RCR, latest (authors' code; training-free)", res["base_test"], "rcr-latest"),
+    ]
+    rows_ += [
+        (f"+ {NAMES[a]}, LCR", by_algo(res, a), "lcr")
+        for a in ("diffu-grpo", "cj-grpo", "igpo", "mdpo")
+    ]
+    rows_ += [
+        ("+ MDPO + RCR, running max", by_algo(res, "mdpo"), "rcr"),
+        ("+ MDPO + RCR, latest", by_algo(res, "mdpo"), "rcr-latest"),
+    ]
     lines = [head, "|---" * (len(COLUMNS) + 1) + "|"]
     for name, runs, rem in rows_:
         if runs:
-            lines.append(f"| {name} | " + " | ".join(mean_std([r[(rem, *c)] for r in runs]) for c in COLUMNS) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(mean_std([r[(rem, *c)] for r in runs]) for c in COLUMNS)
+                + " |"
+            )
     return lines
 
 
@@ -100,48 +126,86 @@ def by_algo(res, algo):
 def claims(res):
     """Each claim column by column: differences in points (± SE) and how many clear 2 SE."""
     n, base, mdpo = res["cfg"]["n_test"], res["base_test"], by_algo(res, "mdpo")
-    checks = [("MDPO > diffu-GRPO at equal optimiser steps (LCR)", mdpo, "lcr", by_algo(res, "diffu-grpo"), "lcr"),
-              ("MDPO > CJ-GRPO at equal optimiser steps (LCR)", mdpo, "lcr", by_algo(res, "cj-grpo"), "lcr"),
-              ("MDPO > base (LCR)", mdpo, "lcr", base, "lcr"),
-              ("diffu-GRPO > base (LCR)", by_algo(res, "diffu-grpo"), "lcr", base, "lcr"),
-              ("CJ-GRPO > base (LCR)", by_algo(res, "cj-grpo"), "lcr", base, "lcr"),
-              ("IGPO > diffu-GRPO (LCR)", by_algo(res, "igpo"), "lcr", by_algo(res, "diffu-grpo"), "lcr"),
-              ("RCR (running max) > LCR, base, training-free", base, "rcr", base, "lcr"),
-              ("RCR (latest) > LCR, base, training-free", base, "rcr-latest", base, "lcr"),
-              ("MDPO + RCR (running max) > MDPO", mdpo, "rcr", mdpo, "lcr"),
-              ("MDPO + RCR (latest) > MDPO", mdpo, "rcr-latest", mdpo, "lcr")]
+    checks = [
+        (
+            "MDPO > diffu-GRPO at equal optimiser steps (LCR)",
+            mdpo,
+            "lcr",
+            by_algo(res, "diffu-grpo"),
+            "lcr",
+        ),
+        (
+            "MDPO > CJ-GRPO at equal optimiser steps (LCR)",
+            mdpo,
+            "lcr",
+            by_algo(res, "cj-grpo"),
+            "lcr",
+        ),
+        ("MDPO > base (LCR)", mdpo, "lcr", base, "lcr"),
+        ("diffu-GRPO > base (LCR)", by_algo(res, "diffu-grpo"), "lcr", base, "lcr"),
+        ("CJ-GRPO > base (LCR)", by_algo(res, "cj-grpo"), "lcr", base, "lcr"),
+        ("IGPO > diffu-GRPO (LCR)", by_algo(res, "igpo"), "lcr", by_algo(res, "diffu-grpo"), "lcr"),
+        ("RCR (running max) > LCR, base, training-free", base, "rcr", base, "lcr"),
+        ("RCR (latest) > LCR, base, training-free", base, "rcr-latest", base, "lcr"),
+        ("MDPO + RCR (running max) > MDPO", mdpo, "rcr", mdpo, "lcr"),
+        ("MDPO + RCR (latest) > MDPO", mdpo, "rcr-latest", mdpo, "lcr"),
+    ]
     pre = by_algo(res, "mdpo-prefilter")
     if pre:
-        checks.append(("over-denoised prompts > random prompts (MDPO, LCR)", pre, "lcr", mdpo, "lcr"))
-    lines = ["| claim | differences: semi-AR T, T/2, pure-Diff T, T/2 (points ± SE) | verdict |", "|---|---|---|"]
+        checks.append(
+            ("over-denoised prompts > random prompts (MDPO, LCR)", pre, "lcr", mdpo, "lcr")
+        )
+    lines = [
+        "| claim | differences: semi-AR T, T/2, pure-Diff T, T/2 (points ± SE) | verdict |",
+        "|---|---|---|",
+    ]
     for name, a_runs, a_rem, b_runs, b_rem in checks:
         if not a_runs or not b_runs:
             continue
-        diffs = [difference([r[(a_rem, *c)] for r in a_runs], [r[(b_rem, *c)] for r in b_runs], n) for c in COLUMNS]
+        diffs = [
+            difference([r[(a_rem, *c)] for r in a_runs], [r[(b_rem, *c)] for r in b_runs], n)
+            for c in COLUMNS
+        ]
         clear = sum(d > 2 * se for d, se in diffs)
         worse = sum(d < -2 * se for d, se in diffs)
-        verdict = ("holds" if clear > len(COLUMNS) // 2 else "the opposite holds" if worse > len(COLUMNS) // 2
-                   else "not shown")
+        verdict = (
+            "holds"
+            if clear > len(COLUMNS) // 2
+            else "the opposite holds" if worse > len(COLUMNS) // 2 else "not shown"
+        )
         text = ", ".join(f"{d:+.1f} (±{se:.1f})" for d, se in diffs)
-        lines.append(f"| {name} | {text} | {verdict}: {clear}/4 columns > 2 SE, {worse}/4 < -2 SE |")
+        lines.append(
+            f"| {name} | {text} | {verdict}: {clear}/4 columns > 2 SE, {worse}/4 < -2 SE |"
+        )
     return lines
 
 
 def mean_curve(res, algo):
-    """The val curve averaged over the seeds (at the steps every seed has), starting at the bases' mean."""
-    runs = [curve(res["logs"][algo, s], res["mu"][algo]) for s in range(res["cfg"]["seeds"])
-            if (algo, s) in res["logs"]]
+    """The val curve averaged over the seeds (at the steps every seed has), starting at the bases'
+    mean."""
+    runs = [
+        curve(res["logs"][algo, s], res["mu"][algo])
+        for s in range(res["cfg"]["seeds"])
+        if (algo, s) in res["logs"]
+    ]
     xs = sorted(set.intersection(*[{x for x, _ in r} for r in runs]))
     start = statistics.mean(b["greedy_B10"] for b in res["base_val"])
     return [(0, start)] + [(x, statistics.mean(dict(r)[x] for r in runs)) for x in xs]
 
 
 def efficiency(res):
-    """Optimiser steps one algorithm needs to first reach the other's final val accuracy, both ways."""
-    lines = ["| algorithm | reaches | target (val %) | at optimiser step | of the other's |", "|---|---|---|---|---|"]
+    """Optimiser steps one algorithm needs to first reach the other's final val accuracy, both
+    ways."""
+    lines = [
+        "| algorithm | reaches | target (val %) | at optimiser step | of the other's |",
+        "|---|---|---|---|---|",
+    ]
     mdpo, grpo = mean_curve(res, "mdpo"), mean_curve(res, "diffu-grpo")
-    longer = curve(res["logs"]["diffu-grpo-longer", 0], res["mu"]["diffu-grpo"]) if (
-        "diffu-grpo-longer", 0) in res["logs"] else []
+    longer = (
+        curve(res["logs"]["diffu-grpo-longer", 0], res["mu"]["diffu-grpo"])
+        if ("diffu-grpo-longer", 0) in res["logs"]
+        else []
+    )
     steps = res["cfg"]["steps"]
     for name, mine, other, extra in (("MDPO", mdpo, grpo, []), ("diffu-GRPO", grpo, mdpo, longer)):
         target = final(other[1:])
@@ -157,17 +221,26 @@ def efficiency(res):
 
 
 def learning_curves(res, folder):
-    """Val accuracy, rollout reward and KL against optimiser steps, mean and min-max over seeds -> PNGs."""
+    """Val accuracy, rollout reward and KL against optimiser steps, mean and min-max over seeds ->
+    PNGs."""
     pngs = []
-    for key, title, ylabel in (("eval_accuracy", "held-out accuracy", "greedy val accuracy (%), LCR B=10"),
-                               ("reward", "rollout reward", "mean final reward of the rollouts"),
-                               ("kl", "KL to the reference", "mean per token")):
+    for key, title, ylabel in (
+        ("eval_accuracy", "held-out accuracy", "greedy val accuracy (%), LCR B=10"),
+        ("reward", "rollout reward", "mean final reward of the rollouts"),
+        ("kl", "KL to the reference", "mean per token"),
+    ):
         data = {}
         for a in ("mdpo", "diffu-grpo", "cj-grpo", "igpo"):
-            runs = [series(res["logs"][a, s], key, res["mu"][a]) for s in range(res["cfg"]["seeds"])
-                    if (a, s) in res["logs"]]
+            runs = [
+                series(res["logs"][a, s], key, res["mu"][a])
+                for s in range(res["cfg"]["seeds"])
+                if (a, s) in res["logs"]
+            ]
             if key == "eval_accuracy":
-                runs = [[(0, b["greedy_B10"])] + [(x, 100 * y) for x, y in r] for r, b in zip(runs, res["base_val"])]
+                runs = [
+                    [(0, b["greedy_B10"])] + [(x, 100 * y) for x, y in r]
+                    for r, b in zip(runs, res["base_val"])
+                ]
             if runs:
                 data[NAMES[a]] = runs
         png = Path(folder) / f"curves-{key.replace('_', '-')}.png"
@@ -177,28 +250,42 @@ def learning_curves(res, folder):
 
 
 def all_wrong(res, folder):
-    """IGPO's mechanism: the share of groups with no correct rollout, per update, IGPO (before its hints) and
-    diffu-GRPO, mean over seeds -> a PNG and a table line."""
+    """IGPO's mechanism: the share of groups with no correct rollout, per update, IGPO (before its
+    hints) and diffu-GRPO, mean over seeds -> a PNG and a table line."""
     data, means = {}, {}
-    for name, algo, key in (("diffu-GRPO", "diffu-grpo", "all_wrong"), ("IGPO, before hints", "igpo",
-                                                                       "all_wrong_before_hints"),
-                            ("IGPO, after hints", "igpo", "all_wrong")):
-        runs = [[(x, 100 * y) for x, y in series(res["logs"][algo, s], key, res["mu"][algo])]
-                for s in range(res["cfg"]["seeds"]) if (algo, s) in res["logs"]]
+    for name, algo, key in (
+        ("diffu-GRPO", "diffu-grpo", "all_wrong"),
+        ("IGPO, before hints", "igpo", "all_wrong_before_hints"),
+        ("IGPO, after hints", "igpo", "all_wrong"),
+    ):
+        runs = [
+            [(x, 100 * y) for x, y in series(res["logs"][algo, s], key, res["mu"][algo])]
+            for s in range(res["cfg"]["seeds"])
+            if (algo, s) in res["logs"]
+        ]
         if runs:
             data[name] = runs
             means[name] = statistics.mean(y for r in runs for _, y in r)
     png = Path(folder) / "all-wrong-groups.png"
-    plots.curves_over_seeds(data, f"{res['task']}: groups with no correct rollout", "optimiser steps",
-                            "share of groups (%)", png)
+    plots.curves_over_seeds(
+        data,
+        f"{res['task']}: groups with no correct rollout",
+        "optimiser steps",
+        "share of groups (%)",
+        png,
+    )
     return png, " · ".join(f"{k}: {v:.1f}%" for k, v in means.items())
 
 
 def decoding_table(res):
     """EOSER and ASS, pure-Diff LCR on the bases (mean ± std over seeds)."""
     lines = ["| pure-Diff B=40, LCR | T=16 | T=8 | T=5 |", "|---|---|---|---|"]
-    for schedule, eoser, name in (("linear", False, "linear schedule (LLaDA)"), ("linear", True, "linear + EOSER"),
-                                  ("ass", False, "ASS (T = floor(log2 40) = 5)"), ("ass", True, "ASS + EOSER")):
+    for schedule, eoser, name in (
+        ("linear", False, "linear schedule (LLaDA)"),
+        ("linear", True, "linear + EOSER"),
+        ("ass", False, "ASS (T = floor(log2 40) = 5)"),
+        ("ass", True, "ASS + EOSER"),
+    ):
         cells = []
         for t in (16, 8, 5):
             values = [d[schedule, eoser, t] for d in res["decoding"] if (schedule, eoser, t) in d]
@@ -208,21 +295,38 @@ def decoding_table(res):
 
 
 def base_table(res):
-    lines = ["| seed | greedy B=10 | greedy B=40 | pass@1 B=10 | pass@8 B=10 | all-wrong B=10 | pass@1 B=40 | "
-             "pass@8 B=40 | all-wrong B=40 |", "|---" * 9 + "|"]
+    lines = [
+        "| seed | greedy B=10 | greedy B=40 | pass@1 B=10 | pass@8 B=10 | all-wrong B=10 | "
+        "pass@1 B=40 | pass@8 B=40 | all-wrong B=40 |",
+        "|---" * 9 + "|",
+    ]
     for s, b in enumerate(res["base_val"]):
-        keys = ["greedy_B10", "greedy_B40", "pass1_B10", "passG_B10", "all_wrong_B10", "pass1_B40", "passG_B40",
-                "all_wrong_B40"]
+        keys = [
+            "greedy_B10",
+            "greedy_B40",
+            "pass1_B10",
+            "passG_B10",
+            "all_wrong_B10",
+            "pass1_B40",
+            "passG_B40",
+            "all_wrong_B40",
+        ]
         lines.append(f"| {s} | " + " | ".join(f"{b[k]:.1f}" for k in keys) + " |")
     return lines
 
 
 def sweep_table(res):
     lrs = sorted({lr for _, lr in res["sweep"]})
-    lines = ["| algorithm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |", "|---" * (len(lrs) + 2) + "|"]
+    lines = [
+        "| algorithm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |",
+        "|---" * (len(lrs) + 2) + "|",
+    ]
     for a in ("mdpo", "diffu-grpo", "cj-grpo", "igpo"):
-        lines.append(f"| {NAMES[a]} | " + " | ".join(f"{final(res['sweep'][a, lr]):.1f}" for lr in lrs)
-                     + f" | {res['lr'][a]:g} |")
+        lines.append(
+            f"| {NAMES[a]} | "
+            + " | ".join(f"{final(res['sweep'][a, lr]):.1f}" for lr in lrs)
+            + f" | {res['lr'][a]:g} |"
+        )
     return lines
 
 
@@ -231,20 +335,37 @@ def prefilter_table(res):
     if not pre:
         return ["The filter kept no training prompt: there was nothing to train on."]
     kept = ", ".join(f"seed {s}: {k}" for s, k in res["kept"].items())
-    lines = [f"The filter (greedy LCR, B = 10 or 40, over-denoised) kept {kept} of 5000 training prompts.", "",
-             "| MDPO trained on | " + " | ".join(f"B={b} T={t}" for b, t in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = [
+        f"The filter (greedy LCR, B = 10 or 40, over-denoised) kept {kept} of 5000 training "
+        "prompts.",
+        "",
+        "| MDPO trained on | " + " | ".join(f"B={b} T={t}" for b, t in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
     for name, runs in (("random prompts", mdpo), ("over-denoised prompts", pre)):
-        lines.append(f"| {name} | " + " | ".join(mean_std([r[("lcr", *c)] for r in runs]) for c in COLUMNS) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(mean_std([r[("lcr", *c)] for r in runs]) for c in COLUMNS)
+            + " |"
+        )
     return lines
 
 
 def machine():
     cpu = platform.processor() or "?"
     if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 # ----------------------------------------------------------------------------- the report
@@ -256,38 +377,90 @@ def write(res, command, wall, path, quick):
     curves = learning_curves(res, folder)
     wrong_png, wrong_means = all_wrong(res, folder)
     mu = ", ".join(f"{NAMES[a]} {m}" for a, m in res["mu"].items())
-    out = [f"# Results at toy scale{' (--quick preview)' if quick else ''}", "",
-           f"Command: `{command}`. Machine: {machine()}. Wall time: {wall[0]:.0f} min"
-           + (f" over {wall[1]} invocations (cached runs resume)." if wall[1] > 1 else "."), "",
-           "## Pre-registered criterion", "",
-           "Fixed in tools/report.py before any run: with the default settings, MDPO and diffu-GRPO each lift "
-           "greedy val accuracy by >= 10 points and > 3 standard errors over their SFT base, in each of the "
-           f"{cfg['seeds']} seeds, within the budget of {cfg['steps']} optimiser steps "
-           f"({cfg['n_val']} val problems; after = the mean of the last two scores).", "",
-           f"**Result: {'met' if met else 'not met'}** (recorded {res['criterion_at']}, before any test-set "
-           "evaluation ran: tools/reproduce.py evaluates on test only after this).", "", *crit, "",
-           "## Protocol", "",
-           f"Task `{res['task']}` (toy.py). Seed s = SFT base trained with seed s + RL from it with seed s. Every "
-           f"algorithm: {cfg['steps']} optimiser steps (per rollout batch: {mu}), 8 prompts x G = 8 rollouts "
-           "per batch, T = 16 steps over 40 tokens at temperature 0.7 with the authors' tempered confidence, "
-           "rollouts alternating semi-AR (B = 10) and pure-Diff (B = 40): the same rollouts for every algorithm, "
-           "a controlled comparison of the updates (where diffu-GRPO departs from d1's runs: DEVIATIONS.md, "
-           "grpo.py 8). Learning rates from the sweep on val (below). Test: greedy accuracy on "
-           f"{n} fixed test problems (one accuracy's standard error: {binomial_se(50, n):.1f} points at 50%); "
-           "trained rows mean ± std over seeds; a claim holds only by more than 2 SE.", "",
-           "## The bases (val)", "", "Pass@1 and pass@8 at the rollouts' temperature 0.7; all-wrong: groups of "
-           "8 with no correct rollout (zero advantage under a correctness reward).", "", *base_table(res), "",
-           "## Table 2 at toy scale (test)", "", *table2(res), "", "### Claims", "", *claims(res), "",
-           "## Sample efficiency", "", *efficiency(res), "",
-           "## Learning curves", "", *[f"![{p.stem}]({p.name})" for p in curves], "",
-           "## IGPO: groups with no correct rollout", "", f"Mean share per update: {wrong_means}.", "",
-           f"![all-wrong groups]({wrong_png.name})", "",
-           "## Over-denoising of the base (Table 1, Fig. 3; seed 0)", "", od_text.strip(), "",
-           "![first correct step](first-correct.png)", "",
-           "## Pre-filter ablation (Section 3.3)", "", *prefilter_table(res), "",
-           "## EOSER and ASS (test, the bases)", "", *decoding_table(res), "",
-           "## Learning-rate sweep (val, seed 0)", "", f"Final val accuracy (%) after {cfg['sweep_steps']} optimiser "
-           f"steps (one score's standard error: {binomial_se(50, cfg['n_val']):.1f} points at 50%).", "",
-           *sweep_table(res), ""]
+    out = [
+        f"# Results at toy scale{' (--quick preview)' if quick else ''}",
+        "",
+        f"Command: `{command}`. Machine: {machine()}. Wall time: {wall[0]:.0f} min"
+        + (f" over {wall[1]} invocations (cached runs resume)." if wall[1] > 1 else "."),
+        "",
+        "## Pre-registered criterion",
+        "",
+        "Fixed in tools/report.py before any run: with the default settings, MDPO and diffu-GRPO "
+        "each lift greedy val accuracy by >= 10 points and > 3 standard errors over their SFT "
+        f"base, in each of the {cfg['seeds']} seeds, within the budget of {cfg['steps']} "
+        "optimiser steps "
+        f"({cfg['n_val']} val problems; after = the mean of the last two scores).",
+        "",
+        f"**Result: {'met' if met else 'not met'}** (recorded {res['criterion_at']}, "
+        "before any test-set evaluation ran: tools/reproduce.py evaluates on test only after "
+        "this).",
+        "",
+        *crit,
+        "",
+        "## Protocol",
+        "",
+        f"Task `{res['task']}` (toy.py). "
+        "Seed s = SFT base trained with seed s + RL from it with seed s. Every "
+        f"algorithm: {cfg['steps']} optimiser steps (per rollout batch: {mu}), "
+        "8 prompts x G = 8 rollouts per batch, T = 16 steps over 40 tokens at temperature 0.7 "
+        "with the authors' tempered confidence, rollouts alternating semi-AR (B = 10) and "
+        "pure-Diff (B = 40): the same rollouts for every algorithm, a controlled comparison of "
+        "the updates (where diffu-GRPO departs from d1's runs: DEVIATIONS.md, "
+        "grpo.py 8). Learning rates from the sweep on val (below). Test: greedy accuracy on "
+        f"{n} fixed test problems (one accuracy's standard error: "
+        f"{binomial_se(50, n):.1f} points at 50%); "
+        "trained rows mean ± std over seeds; a claim holds only by more than 2 SE.",
+        "",
+        "## The bases (val)",
+        "",
+        "Pass@1 and pass@8 at the rollouts' temperature 0.7; all-wrong: groups of "
+        "8 with no correct rollout (zero advantage under a correctness reward).",
+        "",
+        *base_table(res),
+        "",
+        "## Table 2 at toy scale (test)",
+        "",
+        *table2(res),
+        "",
+        "### Claims",
+        "",
+        *claims(res),
+        "",
+        "## Sample efficiency",
+        "",
+        *efficiency(res),
+        "",
+        "## Learning curves",
+        "",
+        *[f"![{p.stem}]({p.name})" for p in curves],
+        "",
+        "## IGPO: groups with no correct rollout",
+        "",
+        f"Mean share per update: {wrong_means}.",
+        "",
+        f"![all-wrong groups]({wrong_png.name})",
+        "",
+        "## Over-denoising of the base (Table 1, Fig. 3; seed 0)",
+        "",
+        od_text.strip(),
+        "",
+        "![first correct step](first-correct.png)",
+        "",
+        "## Pre-filter ablation (Section 3.3)",
+        "",
+        *prefilter_table(res),
+        "",
+        "## EOSER and ASS (test, the bases)",
+        "",
+        *decoding_table(res),
+        "",
+        "## Learning-rate sweep (val, seed 0)",
+        "",
+        f"Final val accuracy (%) after {cfg['sweep_steps']} optimiser "
+        f"steps (one score's standard error: {binomial_se(50, cfg['n_val']):.1f} points at 50%).",
+        "",
+        *sweep_table(res),
+        "",
+    ]
     Path(path).write_text("\n".join(out) + "\n")
     return met
