@@ -11,9 +11,9 @@ denoises blocks left to right, steps // n_blocks steps each, as LLaDA's generate
 
 Greedy LCR is token-identical to LLaDA's generate.py and rcr-latest to the authors' sampler, exact
 ties included (tests/test_sample.py); where the code departs from either: DEVIATIONS.md,
-"sample.py". Two optimisations keep that exactness and are isolated below the loop: the output layer
-runs on the positions a step needs only (`split_output_layer`, `head_on_rows`), and sampling inverts
-the CDF instead of drawing Gumbel noise over the vocabulary (`categorical`).
+"sample.py". Two optimisations keep that exactness and live in speedups.py: the output layer runs on
+the positions a step needs only (`split_output_layer`, `head_on_rows`), and sampling inverts the CDF
+instead of drawing Gumbel noise over the vocabulary (`categorical`).
 
     python sample.py --model out/toy-digits-base/last --prompt "3+5+7+2=?" --task toy-digits \\
         --remasking rcr --show
@@ -28,6 +28,7 @@ import transformers
 
 import models
 import toy
+from speedups import ROWS, categorical, head_on_rows, split_output_layer
 from remask import (COUNTS, EOSER_GAMMA_MIN, ass_steps, eos_early_rejection, eoser_gamma,
                     low_confidence_scores, random_scores, remask, running_confidence_scores,
                     tokens_per_step, unmask, update_latest, update_running_max)
@@ -249,8 +250,7 @@ def guided(cond, uncond, cfg_scale):
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
 
-# -------------------------------------------------------------------- the output layer on some rows
-ROWS = 16  # fewest rows per output-layer matmul (`head_on_rows`)
+# ------------------------------------------------------------- one forward, logits on some rows
 CHUNK_ELEMENTS = 2 ** 22  # logits predicted at once: (rows, V) <= 16 MiB in float32
 
 
@@ -286,72 +286,6 @@ def row_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id):
     def guided_at(rows):
         return guided(at(rows), at(rows + n), cfg_scale)
     return guided_at, V
-
-
-def split_output_layer(model):
-    """The model's output layer (hidden -> V logits, a plain nn.Linear) when the model declares that
-    its logits are exactly that layer applied to `model(..., hidden_only=True).hidden_states`, else
-    None.
-
-    The toy model declares it (`hidden_before_output_layer`); an HF model does not, and runs in
-    full, as does a model with shifted logits (models.logits moves them).
-    """
-    if not getattr(model, "hidden_before_output_layer", False) or models.uses_shifted_logits(model):
-        return None
-    head = model.get_output_embeddings()
-    return head if isinstance(head, torch.nn.Linear) else None
-
-
-def head_on_rows(head, hidden, rows):
-    """head(hidden[rows]) -> (n, V), bit-identical to the same rows of head(hidden) over all rows.
-
-    Exactness: a BLAS computes a row of a matmul with the same bits whatever the other rows, except
-    for very few rows (with torch 2.13 on an x86 CPU, 1-3, 5-7 and 9-11 rows take other kernels). We
-    pad the request to at least ROWS rows with copies of its first row and drop them after.
-    """
-    padded = torch.cat([rows, rows[:1].expand(max(ROWS - len(rows), 0))])  # (>= ROWS,)
-    return head(hidden[padded])[: len(rows)]  # (n, V)
-
-
-# ----------------------------------------------------------------------------- exact sampling
-def categorical(q, generator=None, block=256):
-    """One draw from each row of q (n, V) (nonnegative weights) by inverting its CDF at one float64
-    uniform per row, in two levels: first a block of `block` tokens by the block masses, then a
-    token in it.
-
-    Saves: LLaDA draws Gumbel noise in float64 for every logit, which on CPU costs more than the
-    output layer itself. Exact: the same distribution as Gumbel-max up to float64 resolution (a mass
-    below ~1e-16 of the row's total is never drawn) and the float32 block sums (relative error
-    ~1e-7); a zero weight is never drawn. Only (n, V / block) and (n, block) tensors are float64.
-    Returns (n,) long.
-    """
-    n, V = q.shape
-    main = V // block * block
-    masses = q[:, :main].reshape(n, -1, block).sum(-1)  # (n, V // block)
-    if main < V:
-        masses = torch.cat([masses, q[:, main:].sum(-1, keepdim=True)], 1)  # (n, blocks)
-    masses = masses.double()
-    cum = masses.cumsum(-1)  # (n, blocks)
-    total = cum[:, -1:]  # (n, 1)
-    u = torch.rand(n, 1, generator=generator, dtype=torch.float64,
-                   device=q.device) * total  # (n, 1)
-    u = below(u, total)
-    b = torch.searchsorted(cum, u, right=True)  # (n, 1): the block with cum[b - 1] <= u < cum[b]
-    idx = b * block + torch.arange(block, device=q.device)  # (n, block) the tokens of that block
-    inner = (q.gather(1, idx.clamp(max=V - 1)).double()
-             .masked_fill(idx >= V, 0).cumsum(-1))  # (n, block)
-    mass = masses.gather(1, b)  # (n, 1), > 0 since cum[b] > cum[b - 1]
-    # where u falls inside the block, rescaled onto the float64 sums of its tokens
-    v = below(((u - cum.gather(1, b) + mass) / mass).clamp(0, 1) * inner[:, -1:],
-              inner[:, -1:])  # (n, 1)
-    # first token whose cumsum > v
-    return idx.gather(1, torch.searchsorted(inner, v, right=True))[:, 0]
-
-
-def below(u, total):
-    """u clamped strictly below total (float rounding can reach it; searchsorted would then
-    overrun)."""
-    return torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
 
 
 # ----------------------------------------------------------------------------- command line

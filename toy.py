@@ -118,7 +118,7 @@ class ToyMDLM(PreTrainedModel):
     vocabulary."""
 
     config_class = ToyConfig
-    # forward(..., hidden_only=True): see sample.split_output_layer
+    # forward(..., hidden_only=True): see speedups.split_output_layer
     hidden_before_output_layer = True
     base_model_prefix = "toy"
     _no_split_modules = ["Block"]  # the unit FSDP shards (train.py --fsdp), as in HF models

@@ -15,6 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 import config
 import optimise
 import sample
+import speedups
 import toy
 import train
 import updates
@@ -356,7 +357,7 @@ def test_predict_bytes_are_what_sample_predict_holds():
     )
     # confidence "sampling" (the authors', every rollout's): q only
     assert 4 * n * V <= predict_peak("sampling") <= 4 * n * V + 10240 * n
-    assert (memory.CHUNK_ELEMENTS, memory.MIN_ROWS) == (sample.CHUNK_ELEMENTS, sample.ROWS)
+    assert (memory.CHUNK_ELEMENTS, memory.MIN_ROWS) == (sample.CHUNK_ELEMENTS, speedups.ROWS)
     # LLaDA's step: logits (8, 1062, 126,464) bf16 = 2,148,876,288 B, and one chunk of max(16, 2^22
     # // 126,464) = 33 rows, 12 B each: 33 x 126,464 x 12 = 50,079,744 B
     assert memory.sampler_step(LLADA_8B, Run(), 8) == 2_148_876_288 + 50_079_744

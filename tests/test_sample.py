@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import transformers
 
 import sample
+import speedups
 import toy
 from conftest import ROOT, large_weights_toy, run_bounded
 from models import decode_until_eos, encode_prompts, load_model, resolve_mask_id
@@ -273,7 +274,7 @@ def test_toy_checkpoint_round_trip_and_cli_show(tmp_path, tok):
 class Bigram(torch.nn.Module):
     """logits at position j = head(emb(x_{j-1})): positions with the same left neighbour tie
     exactly. It declares its Linear output layer, so generate runs it on the rows it needs
-    (sample.head_on_rows).
+    (speedups.head_on_rows).
     """
 
     hidden_before_output_layer = True
@@ -505,15 +506,15 @@ def test_only_a_declared_output_layer_is_split_off(tmp_path, tok):
     """The toy declares that its logits are its Linear head applied to forward(hidden_only=True):
     true bit for bit. A model that does not declare it (an HF model, a wrapper) runs in full."""
     model = large_weights_toy()
-    assert sample.split_output_layer(model) is model.head
+    assert speedups.split_output_layer(model) is model.head
     x = torch.randint(5, tok.vocab_size, (2, 9))
     attn = torch.ones(2, 9, dtype=torch.long)
     attn[1, :3] = 0
     hidden = model(x, attention_mask=attn, hidden_only=True).hidden_states  # (2, 9, D)
     assert torch.equal(model.head(hidden), model(x, attention_mask=attn).logits)
-    assert sample.split_output_layer(Wrapped(model)) is None
+    assert speedups.split_output_layer(Wrapped(model)) is None
     bert, _ = load_model(str(tiny_bert(tmp_path)))
-    assert sample.split_output_layer(bert) is None
+    assert speedups.split_output_layer(bert) is None
 
 
 # ------------------------------------------------------------- sampling, top-p, tempered confidence
@@ -583,9 +584,9 @@ def test_predict_draws_the_exact_distribution(temperature, top_p):
     assert chi2(torch.bincount(tokens, minlength=M + 1).tolist(), q) < chi2_bound(sum(keep) - 1)
     torch.testing.assert_close(logp, torch.tensor(q).log()[tokens].float())  # log-prob under q
     torch.testing.assert_close(conf, torch.tensor(q)[tokens].float())
-    # the two levels of sample.categorical: blocks of 4 tokens (the last one short), then a token in
-    # the block
-    tokens = sample.categorical(
+    # the two levels of speedups.categorical: blocks of 4 tokens (the last one short), then a
+    # token in the block
+    tokens = speedups.categorical(
         torch.tensor(q).float().expand(n, -1), torch.Generator().manual_seed(1), block=4
     )
     assert chi2(torch.bincount(tokens, minlength=M + 1).tolist(), q) < chi2_bound(sum(keep) - 1)

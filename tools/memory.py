@@ -46,7 +46,7 @@ from torch.distributed.tensor import DTensor  # noqa: E402
 
 GiB, MiB = 2**30, 2**20
 # sample.predict_masked predicts a chunk of rows at a time, (rows, V) <= CHUNK_ELEMENTS and rows >=
-# MIN_ROWS; sample.CHUNK_ELEMENTS, sample.ROWS (tests/test_memory.py checks)
+# MIN_ROWS; sample.CHUNK_ELEMENTS, speedups.ROWS (tests/test_memory.py checks)
 CHUNK_ELEMENTS, MIN_ROWS = 2**22, 16
 # sample.predict beyond its input, per element: softmax(logits) 4 and q 4 (see tests)
 PREDICT_BYTES = 8
