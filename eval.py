@@ -2,7 +2,8 @@
 (Table 1, Fig. 3, Section 3.3).
 
     # CPU
-    python eval.py --model out/toy-base/last --task toy-arith --out runs/eval-toy --trajectory-stats
+    python eval.py --model out/toy-digits-base/last --task toy-digits --out runs/eval-toy \\
+        --trajectory-stats
     python eval.py --model GSAI-ML/LLaDA-8B-Instruct --trust-remote-code --task math500 \\
         --out runs/llada
     # each rank scores examples[rank::8], rank 0 merges
@@ -10,10 +11,8 @@
 
 Every (remasking, schedule, block size, steps) setting runs on every example: DIR/samples.jsonl
 holds one row per example and setting (a rerun skips the rows already there), DIR/table.md the
-accuracies as in Table 2. Over-denoised = correct at some intermediate step, wrong at the end:
-`overdenoised` (Table 1's "w/ inter. ans", Section 3.3's filter), `longest_correct_span`,
-`n_correct_spans` (Fig. 3 left, middle) and `first_correct_fraction` (Fig. 3 right, drawn as one
-histogram per setting in first_correct.png).
+accuracies as in Table 2 (tables.py). --trajectory-stats also scores every step's prediction and
+writes the over-denoising statistics (overdenoise.py) and first_correct.png.
 
 The protocol (prompts, answer reading) is the authors' by default: see tasks.py. "RCR" in Table 2 is
 the authors' code, which this project calls rcr-latest (a re-predicted position takes its latest
@@ -26,8 +25,6 @@ Differences from the authors' evaluation (test_llada.py; test_llada_toy_tasks.py
    a multiple of the number of blocks).
 2. Math answers are read from the last closed \\boxed{} only and checked with rewards.math_reward
    (see rewards.py for how it compares with their math-verify settings).
-3. first_correct_fraction counts steps from 1: first correct at step s of T gives s / T (1.0 = last
-   step).
 """
 import argparse
 import itertools
@@ -47,11 +44,9 @@ import remask
 import rewards
 import sample
 import tasks
+from overdenoise import overdenoise_stats, overdenoised, overdenoising_report
+from tables import REMASKING_NAMES, accuracy_table, label, read_rows
 
-REMASKING_NAMES = {"lcr": "LCR (Eq. 9, LLaDA)",
-                   "rcr": "RCR, running max (Eq. 10, the paper's text)",
-                   "rcr-latest": "RCR, latest confidence (the authors' code; Table 2's RCR)",
-                   "random": "random (Eq. 8)"}
 
 
 # --------------------------------------------------------------------------- generation and scoring
@@ -171,129 +166,12 @@ def compare(checkpoints, examples, args, rank, world, device):
     return "\n".join(lines) + "\n"
 
 
-# ------------------------------------------------------------------------ over-denoising statistics
-def overdenoised(step_rewards):
-    """Correct (reward 1) at some step before the last but wrong at the last.
-    (N, T) -> bool (N,)."""
-    correct = step_rewards == 1.0  # (N, T)
-    return correct[:, :-1].any(1) & ~correct[:, -1]
-
-
-def longest_correct_span(correct):
-    """Most consecutive correct steps of each trajectory (Fig. 3 left). bool (N, T) -> long (N,)."""
-    t = torch.arange(correct.shape[1])  # (T,)
-    # latest wrong step at or before t
-    last_wrong = torch.where(correct, -1, t).cummax(1).values  # (N, T)
-    return (t - last_wrong).max(1).values  # run of correct steps ending at t is t - last_wrong
-
-
-def n_correct_spans(correct):
-    """Number of separate runs of correct steps (Fig. 3 middle). bool (N, T) -> long (N,)."""
-    # runs start where 0 -> 1
-    return correct[:, 0].long() + (correct[:, 1:] & ~correct[:, :-1]).sum(1)
-
-
-def first_correct_fraction(correct):
-    """s / T for the first correct step s = 1..T of each trajectory ever correct (Fig. 3 right).
-    bool (N, T) -> float (N',) with N' the rows that have a correct step."""
-    ever = correct.any(1)  # (N,)
-    return (correct[ever].float().argmax(1) + 1).float() / correct.shape[1]
-
-
-def overdenoise_stats(step_rewards):
-    """Table 1 and Fig. 3 numbers of one setting from its (N, T) step rewards. Span statistics are
-    over the over-denoised rows (the samples Fig. 3 analyses); their means are nan when there are
-    none."""
-    correct, od = step_rewards == 1.0, overdenoised(step_rewards)  # (N, T), (N,)
-    longest, spans = longest_correct_span(correct[od]), n_correct_spans(correct[od])  # (N_od,) each
-    mean = lambda v: v.float().mean().item() if len(v) else float("nan")  # noqa: E731
-    return {"n": len(correct), "accuracy": mean(correct[:, -1]),
-            "any_step_accuracy": mean(correct.any(1)), "overdenoised_rate": mean(od),
-            "first_correct_fraction": first_correct_fraction(correct).tolist(),
-            "longest_span": longest.tolist(), "n_spans": spans.tolist(),
-            "mean_longest_span": mean(longest), "mean_n_spans": mean(spans)}
-
-
-# ----------------------------------------------------------------------------- results files
-def read_rows(out_dir):
-    """Every row of DIR/samples*.jsonl keyed by (settings, index); a later row replaces an earlier
-    one."""
-    rows = {}
-    for path in sorted(Path(out_dir).glob("samples*.jsonl")):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                # the half-written last line of a crashed run: score it again
-                print(f"{path.name}:{n}: unreadable row skipped")
-                continue
-            rows[(json.dumps(row["settings"], sort_keys=True), row["index"])] = row
-    return rows
-
-
-def row_name(s):
-    """Table 2's row: model / remasking (/ schedule when not linear) (/ EOSER gamma_min when on)."""
-    schedule = f' / {s["schedule"]}' if s.get("schedule", "linear") != "linear" else ""
-    eoser = f' / EOSER {s["eoser"]:g}' if s.get("eoser") is not None else ""
-    return f'{s["name"]} / {s["remasking"]}{schedule}{eoser}'
-
-
-def label(s):
-    """How a setting is named in the reports."""
-    return f'{row_name(s)} / B={s["block_length"]} T={s["steps"]}'
-
-
-def caption(settings, n, extra=""):
-    """What a table measures: metric, problems, decoding settings, model paths."""
-    s = settings[0]
-    models = ", ".join(sorted({f'{x["name"]} = {x["model"]}' for x in settings}))
-    used = sorted({x["remasking"] for x in settings}, key=list(REMASKING_NAMES).index)
-    return (f'{s["task"]} ({s["data"]}), {n} problems per cell; gen length {s["gen_length"]}, '
-            f'temperature {s["temperature"]}, top-p {s["top_p"]}; models: {models}.{extra}\n\n'
-            + "".join(f"- {m}: {REMASKING_NAMES[m]}\n" for m in used))
-
-
-def accuracy_table(rows, settings, extra=""):
-    """Markdown shaped like Table 2: rows model / remasking, columns block size x steps,
-    accuracy in %."""
-    cells = {}  # (row name, (B, T)) -> correct flags
-    wanted = {json.dumps(s, sort_keys=True) for s in settings}
-    for r in rows:
-        if json.dumps(r["settings"], sort_keys=True) in wanted:
-            s = r["settings"]
-            cells.setdefault(
-                (row_name(s), (s["block_length"], s["steps"])), []).append(r["correct"])
-    names, cols = list(dict.fromkeys(row_name(s) for s in settings)), sorted({k[1] for k in cells})
-    n = "/".join(str(k) for k in sorted({len(v) for v in cells.values()}))
-    acc = lambda v: f"{100 * sum(v) / len(v):.1f}" if v else "-"  # noqa: E731
-    lines = [f"Accuracy (%): {caption(settings, n, extra)}",
-             "| Model / remasking | " + " | ".join(f"B={b} T={t}" for b, t in cols) + " |",
-             "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(acc(cells.get((name, c), [])) for c in cols) + " |"
-              for name in names]
-    return "\n".join(lines) + "\n"
-
-
-def overdenoising_report(groups):
-    """Markdown of Table 1's numbers and Fig. 3's span means for each setting: {label: stats}."""
-    nan = lambda x: "-" if x != x else f"{x:.2f}"  # noqa: E731
-    lines = ["| Setting | n | Acc. (%) | + w/ inter. ans (%) = over-denoised rate "
-             "| mean longest span | mean #spans |",
-             "|---|---|---|---|---|---|"]
-    for name, st in groups.items():
-        lines.append(f'| {name} | {st["n"]} | {100 * st["accuracy"]:.1f} | '
-                     f'+{100 * st["overdenoised_rate"]:.1f} | '
-                     f'{nan(st["mean_longest_span"])} | {nan(st["mean_n_spans"])} |')
-    return ("Over-denoising (correct at an intermediate step, wrong at the end); "
-            "spans over over-denoised rows\n\n" + "\n".join(lines) + "\n")
-
-
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Table 2's grid and the over-denoising analysis (Table 1, Fig. 3).")
     p.add_argument("--model", required=True,
-                   help="toy checkpoint dir (e.g. out/toy-base/last) or HF name/path "
+                   help="toy checkpoint dir (e.g. out/toy-digits-base/last) or HF name/path "
                         "(paper: GSAI-ML/LLaDA-8B-Instruct)")
     p.add_argument("--name", default=None,
                    help="model name in the tables (default: last part of --model)")

@@ -16,6 +16,7 @@ import torch
 
 import eval as ev
 import models
+import overdenoise
 import rewards
 import sample
 import tasks
@@ -216,14 +217,14 @@ def test_overdenoise_stats_by_hand():
             [0, 0, 0, 0],
         ]
     ).float()
-    assert ev.overdenoised(step_rewards).tolist() == [True, False, True, False]
+    assert overdenoise.overdenoised(step_rewards).tolist() == [True, False, True, False]
     correct = step_rewards == 1.0
-    assert ev.longest_correct_span(correct).tolist() == [2, 1, 1, 0]
-    assert ev.n_correct_spans(correct).tolist() == [1, 1, 2, 0]
+    assert overdenoise.longest_correct_span(correct).tolist() == [2, 1, 1, 0]
+    assert overdenoise.n_correct_spans(correct).tolist() == [1, 1, 2, 0]
     # first correct step s (counted from 1) / T: row 0 -> 2/4, row 1 -> 4/4, row 2 -> 1/4; row 3
     # never
-    assert ev.first_correct_fraction(correct).tolist() == [0.5, 1.0, 0.25]
-    st = ev.overdenoise_stats(step_rewards)
+    assert overdenoise.first_correct_fraction(correct).tolist() == [0.5, 1.0, 0.25]
+    st = overdenoise.overdenoise_stats(step_rewards)
     assert st["n"] == 4 and st["accuracy"] == 0.25  # only row 1 correct at the end
     assert st["any_step_accuracy"] == 0.75  # rows 0, 1, 2
     assert st["overdenoised_rate"] == 0.5  # = 0.75 - 0.25, Table 1's "+ w/ inter. ans"
@@ -235,13 +236,14 @@ def test_overdenoise_stats_by_hand():
 
 def test_overdenoise_edges():
     # d1's 0.1 (answer present but wrong) is not correct: only the 1.0 at step 2 counts
-    assert ev.overdenoised(torch.tensor([[0.1, 1.0, 0.1]])).tolist() == [True]
-    st = ev.overdenoise_stats(torch.tensor([[0.0, 1.0], [1.0, 1.0]]))  # no row over-denoised
+    assert overdenoise.overdenoised(torch.tensor([[0.1, 1.0, 0.1]])).tolist() == [True]
+    # no row over-denoised
+    st = overdenoise.overdenoise_stats(torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
     assert (
         st["overdenoised_rate"] == 0.0 and st["mean_longest_span"] != st["mean_longest_span"]
     )  # nan
-    assert ev.longest_correct_span(torch.ones(1, 5, dtype=torch.bool)).tolist() == [5]
-    assert ev.n_correct_spans(torch.zeros(1, 1, dtype=torch.bool)).tolist() == [0]
+    assert overdenoise.longest_correct_span(torch.ones(1, 5, dtype=torch.bool)).tolist() == [5]
+    assert overdenoise.n_correct_spans(torch.zeros(1, 1, dtype=torch.bool)).tolist() == [0]
 
 
 def test_spans_match_a_plain_loop():
@@ -258,8 +260,9 @@ def test_spans_match_a_plain_loop():
         return out
 
     expected = [runs(row) for row in correct.tolist()]
-    assert ev.longest_correct_span(correct).tolist() == [max(r, default=0) for r in expected]
-    assert ev.n_correct_spans(correct).tolist() == [len(r) for r in expected]
+    longest = overdenoise.longest_correct_span(correct).tolist()
+    assert longest == [max(r, default=0) for r in expected]
+    assert overdenoise.n_correct_spans(correct).tolist() == [len(r) for r in expected]
 
 
 # ----------------------------------------------------------------------------- evaluate()
@@ -289,7 +292,7 @@ def test_evaluate_scripted_overdenoising(tok):
     ]  # binary reward
     assert rows[0]["step_rewards"] == pytest.approx([1.0] * 4 + [0.0] * 4)
     assert rows[1]["step_rewards"] == pytest.approx([0.0] * 8)  # wrong numbers at every step
-    assert ev.overdenoised(torch.tensor([r["step_rewards"] for r in rows])).tolist() == [
+    assert overdenoise.overdenoised(torch.tensor([r["step_rewards"] for r in rows])).tolist() == [
         True,
         False,
     ]
@@ -476,7 +479,7 @@ def test_cli_table_resume_and_trajectory_stats(checkpoint, tmp_path, monkeypatch
         and r["settings"]["block_length"] == 8
         and r["settings"]["steps"] == 16
     ]
-    st = ev.overdenoise_stats(
+    st = overdenoise.overdenoise_stats(
         torch.tensor([r["step_rewards"] for r in sorted(pick, key=lambda r: r["index"])])
     )
     assert (

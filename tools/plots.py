@@ -59,7 +59,7 @@ def training_curves(log_path, png):
 def first_correct_histograms(groups, png):
     """Fig. 3 (right): one histogram per decoding setting of when (as a share of T) a trajectory is
     first correct, over the trajectories that are ever correct. groups: {setting name:
-    eval.overdenoise_stats}.
+    overdenoise.overdenoise_stats}.
     """
     cols = min(len(groups), 4)
     n_rows = -(-len(groups) // cols)

@@ -38,6 +38,7 @@ import eval as evaluation  # noqa: E402
 import models  # noqa: E402
 import rewards  # noqa: E402
 import sample  # noqa: E402
+import tables  # noqa: E402
 import tasks  # noqa: E402
 import toy  # noqa: E402
 import train  # noqa: E402
@@ -214,7 +215,7 @@ def test_accuracy(model, out, name, cfg, remaskings):
         out / "console.log",
     )
     cells = {}
-    for row in evaluation.read_rows(out).values():
+    for row in tables.read_rows(out).values():
         s = row["settings"]
         if (s["block_length"], s["steps"]) in COLUMNS and s["remasking"] in remaskings:
             cells.setdefault((s["remasking"], s["block_length"], s["steps"]), []).append(
@@ -255,7 +256,7 @@ def decoding_accuracy(model, out, name, cfg):
         out / "console.log",
     )
     cells = {}
-    for row in evaluation.read_rows(out).values():
+    for row in tables.read_rows(out).values():
         s = row["settings"]
         key = (s["schedule"], s.get("eoser") is not None, s["steps"])
         cells.setdefault(key, []).append(row["correct"])
