@@ -248,3 +248,18 @@ def test_the_sampler_the_log_probs_and_sft_honour_shifted_logits(tmp_path):
     shifted.save_pretrained(tmp_path / "saved")
     assert models.uses_shifted_logits(models.load_model(str(path))[0]) is False
     assert json.loads((tmp_path / "saved" / "config.json").read_text())["shifted_logits"] is True
+
+
+def test_a_shifted_logit_model_trains_with_mdpo_and_its_checkpoint_stays_shifted(
+    modernbert, tmp_path, monkeypatch
+):
+    answer_everything(monkeypatch)
+    extra = ["--max-updates", "2", "--inner-steps", "1", "--shifted-logits"]
+    rows = run_mdpo(modernbert, tmp_path / "run", "mdpo", extra)
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["tokens"] > 0 and rows[1]["kl"] > 0
+    trained, _ = models.load_model(str(tmp_path / "run" / "last"))  # no flag: the config says so
+    assert models.uses_shifted_logits(trained)
+    ids = torch.randint(5, len(WORDS), (1, 4))
+    x = sample.generate(trained, ids, gen_length=8, block_length=8, steps=4,
+                        mask_id=WORDS.index("[MASK]"))
+    assert x.shape == (1, 12)
