@@ -188,73 +188,31 @@ def measure_base(base, out, cfg, G=8):
     return res
 
 
+def run_eval(model, out, name, cfg, *flags):
+    """eval.py on cfg["n_test"] test problems of the toy task, its output in OUT/console.log."""
+    argv = ["--model", model, "--task", TASK, "--name", name, "--limit", cfg["n_test"],
+            "--batch-size", 100, "--out", out, *flags]
+    quietly(evaluation.main, argv, out / "console.log")
+
+
 def test_accuracy(model, out, name, cfg, remaskings):
     """Greedy test accuracy (%) in every Table 2 column: {(remasking, B, T): accuracy}."""
-    quietly(
-        evaluation.main,
-        [
-            "--model",
-            model,
-            "--task",
-            TASK,
-            "--name",
-            name,
-            "--limit",
-            cfg["n_test"],
-            "--block-length",
-            "10,40",
-            "--steps",
-            "16,8",
-            "--remasking",
-            ",".join(remaskings),
-            "--batch-size",
-            100,
-            "--out",
-            out,
-        ],
-        out / "console.log",
-    )
+    run_eval(model, out, name, cfg, "--block-length", "10,40", "--steps", "16,8",
+             "--remasking", ",".join(remaskings))
     cells = {}
     for row in tables.read_rows(out).values():
         s = row["settings"]
         if (s["block_length"], s["steps"]) in COLUMNS and s["remasking"] in remaskings:
-            cells.setdefault((s["remasking"], s["block_length"], s["steps"]), []).append(
-                row["correct"]
-            )
+            key = (s["remasking"], s["block_length"], s["steps"])
+            cells.setdefault(key, []).append(row["correct"])
     return {k: 100 * sum(v) / len(v) for k, v in cells.items()}
 
 
 def decoding_accuracy(model, out, name, cfg):
     """EOSER and ASS on a base, pure-Diff LCR: linear at T = 16, 8, 5 and ASS at its T = 5, each
     with and without EOSER -> {(schedule, eoser, T): accuracy}."""
-    quietly(
-        evaluation.main,
-        [
-            "--model",
-            model,
-            "--task",
-            TASK,
-            "--name",
-            name,
-            "--limit",
-            cfg["n_test"],
-            "--block-length",
-            "40",
-            "--steps",
-            "16,8,5",
-            "--remasking",
-            "lcr",
-            "--schedule",
-            "linear,ass",
-            "--eoser",
-            "both",
-            "--batch-size",
-            100,
-            "--out",
-            out,
-        ],
-        out / "console.log",
-    )
+    run_eval(model, out, name, cfg, "--block-length", "40", "--steps", "16,8,5",
+             "--remasking", "lcr", "--schedule", "linear,ass", "--eoser", "both")
     cells = {}
     for row in tables.read_rows(out).values():
         s = row["settings"]
@@ -265,27 +223,7 @@ def decoding_accuracy(model, out, name, cfg):
 
 def overdenoising(model, out, cfg):
     """Table 1 / Fig. 3 on a base: eval.py's trajectory statistics over the toy grid."""
-    quietly(
-        evaluation.main,
-        [
-            "--model",
-            model,
-            "--task",
-            TASK,
-            "--name",
-            "base",
-            "--limit",
-            cfg["n_test"],
-            "--remasking",
-            "lcr,rcr,rcr-latest",
-            "--batch-size",
-            100,
-            "--trajectory-stats",
-            "--out",
-            out,
-        ],
-        out / "console.log",
-    )
+    run_eval(model, out, "base", cfg, "--remasking", "lcr,rcr,rcr-latest", "--trajectory-stats")
     return (out / "overdenoising.md").read_text(), out / "first_correct.png"
 
 
