@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 import mdpo
+import models
 import rewards
 import sample
 import tasks
@@ -111,10 +112,7 @@ def defaults(preset, algo, task):
 HELP = {  # flag help; `parser` appends the default of every preset and algorithm
     "model": "'toy' (an SFT-trained toy base, cached in <task>-base/ next to --out) or a model "
              "directory / HF name (paper: GSAI-ML/LLaDA-8B-Instruct)",
-    "trust_remote_code": "allow the model's own code (needed for LLaDA)",
-    "mask_id": "[MASK] id if the tokenizer does not say (LLaDA: 126336)",
-    "shifted_logits": "the model predicts token i from position i - 1 (Dream-style, adapted from "
-                      "an AR LM); read from the model's config when it says so",
+    **models.LOADING_HELP,
     "task": "reward and held-out set: " + ", ".join(tasks.TASKS),
     "train_file": "training prompts (.jsonl / .csv, formats in README), e.g. the paper's "
                   "over-denoising subset ../shared/data/math_overdenoising_llada_epoch1.csv; "

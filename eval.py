@@ -214,13 +214,7 @@ def parse_args(argv=None):
                    help="first N examples (paper: all; toy default 200)")
     p.add_argument("--out", required=True,
                    help="output dir: samples.jsonl, table.md, ...; reruns resume")
-    p.add_argument("--mask-id", type=int, default=None,
-                   help="[MASK] id if the tokenizer lacks it (LLaDA: 126336)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow the model's own code (needed for LLaDA)")
-    p.add_argument("--shifted-logits", action="store_true",
-                   help="the model predicts token i from position i - 1 (Dream-style); read from "
-                        "the model's config when it says so")
+    models.add_loading_flags(p)
     p.add_argument("--device", default=None,
                    help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="toy problems and temperature > 0 sampling")

@@ -1,7 +1,7 @@
 """Loading a masked diffusion LM and talking to it: the model and tokenizer, the [MASK] id,
 prompts in, completions out. Used by sample.py, train.py and eval.py alike.
 
-    load_model("out/toy-countdown-base/last")                 # a toy checkpoint (toy.py)
+    load_model("out/toy-digits-base/last")                   # a toy checkpoint (toy.py)
     load_model("GSAI-ML/LLaDA-8B-Instruct", trust_remote_code=True)
 """
 import json
@@ -11,6 +11,24 @@ import torch
 import transformers
 
 import toy
+
+
+# the help of the flags that say how to load a model (sample.py, eval.py, train.py)
+LOADING_HELP = {
+    "mask_id": "[MASK] id if the tokenizer does not say (LLaDA: 126336)",
+    "trust_remote_code": "allow the model's own code (needed for LLaDA)",
+    "shifted_logits": "the model predicts token i from position i - 1 (Dream-style, adapted from "
+                      "an AR LM); read from the model's config when it says so",
+}
+
+
+def add_loading_flags(parser):
+    """--mask-id, --trust-remote-code and --shifted-logits on an argparse parser."""
+    parser.add_argument("--mask-id", type=int, default=None, help=LOADING_HELP["mask_id"])
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help=LOADING_HELP["trust_remote_code"])
+    parser.add_argument("--shifted-logits", action="store_true",
+                        help=LOADING_HELP["shifted_logits"])
 
 
 def check_model_path(name_or_path, mask_id=None):

@@ -356,13 +356,7 @@ def parse_args(argv):
     p.add_argument("--eoser-gamma-min", type=float, default=None,
                    help="EOSER's first gamma (default: the reference's 0.4, or 0.01 with "
                         "--schedule ass)")
-    p.add_argument("--mask-id", type=int, default=None,
-                   help="[MASK] id if the tokenizer does not say (LLaDA: 126336)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow the model's own code (needed for LLaDA)")
-    p.add_argument("--shifted-logits", action="store_true",
-                   help="the model predicts token i from position i - 1 (Dream-style, adapted "
-                        "from an AR LM); read from the model's config when it says so")
+    models.add_loading_flags(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (temperature > 0)")
