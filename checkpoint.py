@@ -1,7 +1,8 @@
 """Checkpoints of train.py: written atomically, resumable exactly (on one machine), sharded
 under FSDP.
 
-A checkpoint is a directory (OUT/last, OUT/best):
+A checkpoint is a directory (OUT/last; OUT/best holds the exported model of the best update, no
+dcp/):
   dcp/               model and optimiser state, torch.distributed.checkpoint format: under FSDP
                      every rank writes and reads only its own shards (no rank gathers the 8B
                      model and its AdamW state), and a resume on another number of ranks
@@ -18,6 +19,7 @@ must not stop half-way).
 """
 import contextlib
 import json
+import os
 import pickle
 import signal
 import shutil
@@ -73,7 +75,8 @@ def save(path, model, tok, optimizer, state, rank, full_weights=True):
             full = get_state_dict(
                 model, [], options=StateDictOptions(full_state_dict=True, cpu_offload=True))[0]
             if rank == 0:
-                model.save_pretrained(tmp, state_dict=full)
+                with own_class(model):
+                    model.save_pretrained(tmp, state_dict=full)
         if rank == 0:
             tok.save_pretrained(tmp)
             torch.save(state, tmp / "trainer_state.pt")
@@ -82,6 +85,23 @@ def save(path, model, tok, optimizer, state, rank, full_weights=True):
             tmp.rename(path)
             shutil.rmtree(old, ignore_errors=True)
         distributed.barrier()  # nobody reads PATH before it is complete
+
+
+@contextlib.contextmanager
+def own_class(model):
+    """The model seen as its own class inside the block. FSDP2 gives a sharded model a class of its
+    own (FSDPLLaDAModelLM, a subclass of FSDPModule and LLaDAModelLM), and save_pretrained writes
+    the object's class into config.json ("architectures", and "auto_map" for a model with its own
+    code, whose source file it copies): without this, an FSDP run's export names torch's wrapper
+    and carries torch's file instead of modeling_llada.py, and no fresh process can load it."""
+    from torch.distributed.fsdp import FSDPModule
+    sharded = type(model)
+    if isinstance(model, FSDPModule):
+        model.__class__ = next(c for c in sharded.__mro__ if not issubclass(c, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded
 
 
 def load(path, model, optimizer):
@@ -158,10 +178,24 @@ def check_writable(path, what):
         raise ValueError(f"{what} {path}: cannot write there ({e.strerror})") from None
 
 
-def copy(src, dst):
-    """Replace dst by a copy of the checkpoint src (rank 0)."""
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
+def keep_as_best(last, best):
+    """best/ := the exported model of last/ (config, weights, tokenizer, model code and
+    trainer_state.pt), each file a hard link to last's: no copy, however large the model, so rank 0
+    is done at once while the other ranks wait (a full copy of an 8B run's checkpoint took minutes,
+    past NCCL's timeout). The next save of last/ writes new files and leaves these alone. Not dcp/:
+    best/ is a model to load, not a run to resume. A filesystem without hard links gets copies."""
+    best, tmp = Path(best), Path(f"{best}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(last, tmp, ignore=shutil.ignore_patterns("dcp"), copy_function=link_or_copy)
+    shutil.rmtree(best, ignore_errors=True)
+    tmp.rename(best)
+
+
+def link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def saved_config(out):

@@ -67,6 +67,7 @@ class Config:
     fsdp: bool = False
     precision: str = "fp32"
     activation_checkpointing: bool = False
+    skip_memory_check: bool = False
     # logging and checkpoints
     out: str = "out/run"
     resume: bool = False
@@ -79,9 +80,11 @@ class Config:
 # The paper's setting (App. A.3, Section 3.1). Activation checkpointing is on: LLaDA's attention can
 # take the math (unfused) path with padded prompts, and without checkpointing its (b, heads, S, S)
 # scores put the train phase near 80 GB per GPU at prompts of ~550 tokens (tools/memory.py).
+# Micro-batches of 4 rows: memory.py models 38.0 GiB per GPU (fragmentation included) for MDPO on
+# LLaDA-8B under FSDP2 over 8 GPUs (results/memory.md); 64 rows would need over 300.
 PAPER = dict(gen_length=512, block_lengths=(128, 512), steps=128, temperature=0.4,
              prompts_per_update=16, lr=7e-7, max_updates=100, eval_batch_size=8,
-             activation_checkpointing=True, eval_every=10)
+             activation_checkpointing=True, eval_every=10, micro_batch=4)
 # What each preset and algorithm changes in Config's defaults. diffu-GRPO's inner_steps also depends
 # on the task's kind (d1: 12 for math, 8 for countdown), and so does CJ-GRPO's: `defaults` adds it.
 DEFAULTS = {
@@ -156,6 +159,8 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "precision": "compute dtype of rollouts, evaluation and forwards (bf16 on CUDA); master "
                  "weights, gradient reduction and AdamW stay fp32",
     "activation_checkpointing": "recompute each block in the backward",
+    "skip_memory_check": "on CUDA, run even if memory.py predicts that the run does not fit the "
+                         "GPU (train.py checks before it loads the model)",
     "out": "output dir: config.json, log.jsonl, last/, best/, table.md, plot.png",
     "resume": "continue OUT's run even if its settings differ from these",
     "save_every": "write OUT/last every K updates (and at the end)",
@@ -167,7 +172,8 @@ CHOICES = {"task": tasks.TASKS, "prefilter": ("none", "overdenoise"), "preset": 
            "algo": ALGOS, "remasking": sample.REMASKING, "loss_norm": mdpo.LOSS_NORMS,
            "lr_schedule": ("constant", "cosine"), "precision": ("bf16", "fp32"),
            "igpo_ratio": ("token", "sequence")}
-MAY_CHANGE = {"resume", "save_every", "eval_every", "eval_batch_size"}  # between a run's sessions
+# what may change between a run's sessions
+MAY_CHANGE = {"resume", "save_every", "eval_every", "eval_batch_size", "skip_memory_check"}
 
 
 def default_text(name):

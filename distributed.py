@@ -40,6 +40,13 @@ def cleanup_distributed():
         dist.destroy_process_group()
 
 
+def device_memory(device):
+    """Bytes of memory of a CUDA device, None for a CPU (nothing to check)."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory
+
+
 def all_sum(values, device):
     """Sum a list of floats over ranks (a no-op in one process)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -60,6 +67,19 @@ def all_gather_list(items):
 def barrier():
     if dist.is_initialized():
         dist.barrier()
+
+
+def in_turn(fn):
+    """fn() on every rank, the ranks of a node one at a time (a barrier after each turn): each rank
+    reads a model onto the host before moving it to its GPU, and one copy at a time (16 GB for
+    LLaDA-8B in bf16) fits a node's RAM where 8 at once might not. Returns this rank's fn()."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    result = None
+    for turn in range(int(os.environ.get("LOCAL_WORLD_SIZE", 1))):
+        if turn == local:
+            result = fn()
+        barrier()
+    return result
 
 
 def print0(*a):

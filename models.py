@@ -61,42 +61,93 @@ def check_model_path(name_or_path, mask_id=None):
 
 def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_code=False,
                shifted_logits=None):
-    """(model, tokenizer), the model in eval mode: a toy checkpoint or any HF masked diffusion LM.
+    """(model, tokenizer), the model in eval mode on `device` in `dtype`: a toy checkpoint or any HF
+    masked diffusion LM.
 
     An encoder with a masked-LM head (ModernBERT chat models, BERT) loads through
     AutoModelForMaskedLM. LLaDA-8B-Instruct and Dream ship their own modelling code: they load only
     with trust_remote_code=True, and register AutoModel only, so we fall back to AutoModel when
-    AutoModelForMaskedLM does not know them. shifted_logits: True for a model that predicts token i
-    from position i - 1 (`uses_shifted_logits`); it is written into the model's config, so a
-    checkpoint saved from it remembers it.
+    AutoModelForMaskedLM does not know them. The weights are read in the checkpoint's own dtype
+    (bf16 for LLaDA-8B-Instruct: 16 GB on the host, not 32) and cast on `device`. shifted_logits:
+    True for a model that predicts token i from position i - 1 (`uses_shifted_logits`); it is
+    written into the model's config, so a checkpoint saved from it remembers it.
     """
     check_model_path(str(name_or_path))
     if (Path(name_or_path) / "toy_tokenizer.json").exists():
         model = toy.ToyMDLM.from_pretrained(name_or_path, dtype=dtype)
         tokenizer = toy.ToyTokenizer.from_pretrained(name_or_path)
     else:
-        model, tokenizer = load_hf_model(name_or_path, dtype, trust_remote_code)
+        tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+        model = load_hf_model(name_or_path, trust_remote_code)
+        enable_memory_efficient_attention()
     if shifted_logits:
         model.config.shifted_logits = True
-    return model.to(device).eval(), tokenizer
+    model = model.to(device=device, dtype=dtype).eval()
+    if torch.device(device).type == "cpu":
+        own_memory(model)
+    return model, tokenizer
 
 
-def load_hf_model(name_or_path, dtype, trust_remote_code):
-    """(model, tokenizer) of a transformers checkpoint (a local directory or a hub name)."""
+def own_memory(model):
+    """Give each parameter memory of its own. transformers leaves weights read on a CPU in a
+    copy-on-write map of the checkpoint's safetensors file, file pages the kernel may drop and
+    reread: tools/memory.py --validate, which follows the process's resident memory, could not see
+    them (on a GPU, the move to the device copies them anyway)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+
+
+def load_tokenizer(name_or_path, trust_remote_code=False):
+    """The tokenizer of a toy checkpoint or of a transformers checkpoint (no weights are read)."""
+    if (Path(name_or_path) / "toy_tokenizer.json").exists():
+        return toy.ToyTokenizer.from_pretrained(name_or_path)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code)
+        return transformers.AutoTokenizer.from_pretrained(name_or_path,
+                                                          trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        raise remote_code_error(name_or_path, trust_remote_code, e)
+
+
+def read_config(name_or_path, trust_remote_code=False):
+    """The model's config as a dict, without its weights: config.json of a local directory, or the
+    hub's through transformers."""
+    local = Path(name_or_path) / "config.json"
+    if local.exists():
+        return json.loads(local.read_text())
+    try:
+        return transformers.AutoConfig.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code).to_dict()
+    except ValueError as e:
+        raise remote_code_error(name_or_path, trust_remote_code, e)
+
+
+def remote_code_error(name_or_path, trust_remote_code, e):
+    """transformers' refusal of a model's own code, as one line naming the flag."""
+    if not trust_remote_code and "trust_remote_code" in str(e):
+        return ValueError(f"{name_or_path} ships its own model code: pass --trust-remote-code")
+    return e
+
+
+def load_hf_model(name_or_path, trust_remote_code):
+    """The model of a transformers checkpoint (a local directory or a hub name), on the host in the
+    checkpoint's dtype."""
+    try:
         config = transformers.AutoConfig.from_pretrained(
             name_or_path, trust_remote_code=trust_remote_code)
     except ValueError as e:
-        if not trust_remote_code and "trust_remote_code" in str(e):
-            raise ValueError(f"{name_or_path} ships its own model code: "
-                             "pass --trust-remote-code") from e
-        raise
+        raise remote_code_error(name_or_path, trust_remote_code, e)
     masked_lm = type(config) in transformers.AutoModelForMaskedLM._model_mapping
     auto = transformers.AutoModelForMaskedLM if masked_lm else transformers.AutoModel
-    return (auto.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code),
-            tokenizer)
+    return auto.from_pretrained(name_or_path, dtype="auto", trust_remote_code=trust_remote_code)
+
+
+def enable_memory_efficient_attention():
+    """Switch torch's memory-efficient attention kernel back on. LLaDA's model code switches it off
+    for the whole process when it builds the model ("super slow", its comment says). The flash
+    kernel takes no mask, so without it a batch with a left-padded prompt falls to the math kernel,
+    which keeps the (b, heads, S, S) attention probabilities of every layer for the backward."""
+    torch.backends.cuda.enable_mem_efficient_sdp(True)
 
 
 SHIFTED_MODEL_TYPES = ("Dream",)  # model_type of checkpoints trained with shifted logits

@@ -28,7 +28,7 @@ import transformers
 
 import models
 import toy
-from speedups import ROWS, categorical, head_on_rows, split_output_layer
+from speedups import ROWS, categorical, head_on_rows, output_layer_removed, split_output_layer
 from remask import (COUNTS, EOSER_GAMMA_MIN, ass_steps, eos_early_rejection, eoser_gamma,
                     low_confidence_scores, random_scores, remask, running_confidence_scores,
                     tokens_per_step, unmask, update_latest, update_running_max)
@@ -184,13 +184,15 @@ def predict_masked(model, x, attention_mask, need, prompt_len, cfg_scale, temper
     """One forward on x (B, S), then `predict` at the positions need (B, S) bool.
 
     Returns x_pred (B, S) (x elsewhere), conf (B, S) (1 elsewhere), logp (B, S) (0 elsewhere).
-    The rows are predicted a chunk at a time so that (rows, V) float32 logits stay under ~16 MiB.
+    The rows are predicted a chunk at a time, (rows, V) float32 logits of at most
+    CHUNK_ELEMENTS[device type] elements.
     """
     logits_at, V = row_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id)
     rows = need.flatten().nonzero()[:, 0]  # (n,) flat positions
     x_pred, conf = x.flatten().clone(), torch.ones(x.numel(), device=x.device)  # (B*S,) each
     logp = torch.zeros(x.numel(), device=x.device)  # (B*S,)
-    n_chunks = -(-len(rows) // max(ROWS, CHUNK_ELEMENTS // V))  # equal chunks, each <= the bound
+    per_chunk = max(ROWS, CHUNK_ELEMENTS.get(x.device.type, CHUNK_ELEMENTS["cpu"]) // V)
+    n_chunks = -(-len(rows) // per_chunk)  # equal chunks, each <= the bound
     for chunk in rows.tensor_split(n_chunks) if len(rows) else ():
         logits = logits_at(chunk).float()  # (n_chunk, V), a fresh tensor: `predict` overwrites it
         x_pred[chunk], conf[chunk], logp[chunk] = predict(logits, temperature, mask_id, generator,
@@ -209,7 +211,8 @@ def predict(logits, temperature, mask_id, generator=None, top_p=1.0, confidence=
     (the authors' code) or softmax(logits)(token) for "model" (LLaDA). At temperature 0 without
     top-p the two agree.
     """
-    z = logits.index_fill_(-1, torch.tensor([mask_id], device=logits.device), -torch.inf)  # (n, V)
+    logits[:, mask_id] = -torch.inf  # a fill in place: no index tensor copied to the device
+    z = logits  # (n, V)
     tempered = temperature > 0 or top_p < 1
     # the model's confidence
     p = F.softmax(z, -1) if confidence == "model" and tempered else None  # (n, V)
@@ -251,7 +254,10 @@ def guided(cond, uncond, cfg_scale):
 
 
 # ------------------------------------------------------------- one forward, logits on some rows
-CHUNK_ELEMENTS = 2 ** 22  # logits predicted at once: (rows, V) <= 16 MiB in float32
+# logits predicted at once, (rows, V) in float32, with sample.predict's as many again: 16 MiB on a
+# CPU (cache-sized), 512 MiB on a GPU (1061 rows of LLaDA's 126,464-token vocabulary: a handful of
+# chunks per step, each large enough to keep the GPU busy)
+CHUNK_ELEMENTS = {"cpu": 2 ** 22, "cuda": 2 ** 27}
 
 
 def row_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id):
@@ -274,7 +280,8 @@ def row_logits(model, x, attention_mask, prompt_len, cfg_scale, mask_id):
         def at(rows):
             return full[rows]
     else:
-        hidden = model(x_in, attention_mask=mask_in, hidden_only=True).hidden_states.flatten(0, 1)
+        with output_layer_removed(model, head):
+            hidden = models.logits(model, x_in, mask_in).flatten(0, 1)  # (B*S or 2B*S, D)
         V = head.out_features
 
         def at(rows):

@@ -8,26 +8,45 @@
 Neither is needed to follow Section 2.1: `sample.generate` reads the same without them
 (tests/test_sample.py checks the greedy tokens against LLaDA's loop; tools/bench.py times both).
 """
+import contextlib
+
 import torch
 
 import models
 
 ROWS = 16  # fewest rows per output-layer matmul (`head_on_rows`)
+# model_type of the models whose logits are exactly their output layer (a plain nn.Linear, the
+# model's get_output_embeddings()) applied to that layer's input, with nothing after it: toy.py's,
+# LLaDA's (unless its config scales the logits) and ModernBERT's. tests/test_sample.py and
+# tests/test_llada.py check it. Any other model runs its output layer on every position.
+ROW_HEAD_MODEL_TYPES = ("mdpo-toy", "llada", "modernbert")
 
 
 # ------------------------------------------------------------------- the output layer on some rows
 def split_output_layer(model):
-    """The model's output layer (hidden -> V logits, a plain nn.Linear) when the model declares that
-    its logits are exactly that layer applied to `model(..., hidden_only=True).hidden_states`, else
-    None.
-
-    The toy model declares it (`hidden_before_output_layer`); an HF model does not, and runs in
-    full, as does a model with shifted logits (models.logits moves them).
-    """
-    if not getattr(model, "hidden_before_output_layer", False) or models.uses_shifted_logits(model):
+    """The model's output layer (hidden -> V logits, an nn.Linear) when its model type is in
+    ROW_HEAD_MODEL_TYPES and it can swap that layer (HF's get_ / set_output_embeddings), else None.
+    A wrapper that changes the logits (no such methods), a model with shifted logits (models.logits
+    moves them) or with scaled logits (LLaDA's scale_logits) runs in full."""
+    config = getattr(model, "config", None)
+    if (getattr(config, "model_type", None) not in ROW_HEAD_MODEL_TYPES
+            or not hasattr(model, "set_output_embeddings")
+            or getattr(config, "scale_logits", False) or models.uses_shifted_logits(model)):
         return None
     head = model.get_output_embeddings()
     return head if isinstance(head, torch.nn.Linear) else None
+
+
+@contextlib.contextmanager
+def output_layer_removed(model, head):
+    """Inside the block the model's output layer is the identity, so its "logits" are the layer's
+    input (B, S, D): the forward stops before the (B, S, V) product. HF's set_output_embeddings
+    puts the layer back after."""
+    model.set_output_embeddings(torch.nn.Identity())
+    try:
+        yield
+    finally:
+        model.set_output_embeddings(head)
 
 
 def head_on_rows(head, hidden, rows):

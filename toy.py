@@ -91,6 +91,9 @@ class ToyConfig(PretrainedConfig):
                  max_len=128, mask_token_id=1, **kwargs):
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.n_heads, self.max_len, self.mask_token_id = n_heads, max_len, mask_token_id
+        # the output layer has its own weights: transformers would otherwise tie it to the
+        # embedding (its default) once it can find both
+        kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
 
@@ -118,8 +121,6 @@ class ToyMDLM(PreTrainedModel):
     vocabulary."""
 
     config_class = ToyConfig
-    # forward(..., hidden_only=True): see speedups.split_output_layer
-    hidden_before_output_layer = True
     base_model_prefix = "toy"
     _no_split_modules = ["Block"]  # the unit FSDP shards (train.py --fsdp), as in HF models
 
@@ -139,12 +140,17 @@ class ToyMDLM(PreTrainedModel):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def get_input_embeddings(self):
+        return self.tok
+
     def get_output_embeddings(self):
         return self.head
 
-    def forward(self, input_ids, attention_mask=None, hidden_only=False, **kwargs):
-        """logits (B, L, V); with hidden_only=True the output layer's input (B, L, D) in
-        .hidden_states instead, so that sample.py can run that layer on the rows it needs only."""
+    def set_output_embeddings(self, head):
+        self.head = head
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        """logits (B, L, V) of the mask predictor for input_ids (B, L)."""
         if attention_mask is None:
             pos = torch.arange(input_ids.shape[1], device=input_ids.device)
             pos = pos.expand_as(input_ids)  # (B, L)
@@ -158,10 +164,7 @@ class ToyMDLM(PreTrainedModel):
         x = self.tok(input_ids) + self.pos(pos)  # (B, L, D)
         for block in self.blocks:
             x = block(x, key_mask)
-        h = self.ln(x)  # (B, L, D)
-        if hidden_only:
-            return MaskedLMOutput(hidden_states=h)
-        return MaskedLMOutput(logits=self.head(h))  # (B, L, V)
+        return MaskedLMOutput(logits=self.head(self.ln(x)))  # (B, L, V)
 
 
 def save_fresh(path, seed):

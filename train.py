@@ -36,6 +36,7 @@ import checkpoint
 import config
 import distributed
 import eval as evaluation
+import memory
 import models
 import rewards
 import tasks
@@ -63,6 +64,10 @@ def main(argv=None):
         sys.exit(f"train.py: error: {e}")
     rank, world, device = distributed.setup_distributed()
     print0(f"settings:\n{config.describe(cfg)}")
+    problem = memory_problem(cfg, examples, world, distributed.device_memory(device))
+    if problem:
+        distributed.cleanup_distributed()
+        sys.exit(f"train.py: error: {problem}")
     try:
         if base is not None:  # always the same base: RL seeds vary, the base does not
             train(base, toy.make_task(cfg.task, base.n_train, 0, "train"), None,
@@ -95,6 +100,21 @@ def toy_base_config(cfg):
     argv = ["--algo", "sft", "--task", cfg.task, "--precision", cfg.precision,
             "--out", str(Path(cfg.out).parent / f"{cfg.task}-base")]
     return config.from_args(argv)
+
+
+def memory_problem(cfg, examples, world, device_bytes):
+    """On CUDA, before any model loads: memory.py's peak per GPU for these settings, the model's
+    sizes (its config.json) and the longest training prompt, against the device's memory. A
+    one-line message naming the flags that would fit, or None (fits, a CPU, or sizes unknown)."""
+    if device_bytes is None or cfg.skip_memory_check or cfg.model == "toy":
+        return None
+    shape = memory.shape_of(models.read_config(cfg.model, cfg.trust_remote_code))
+    if shape is None:
+        return None
+    tokenizer = models.load_tokenizer(cfg.model, cfg.trust_remote_code)
+    prompts = tasks.prompt_texts(cfg.task, examples)
+    prompt_len = models.encode_prompts(tokenizer, prompts)[0].shape[1]  # the longest, padded to
+    return memory.check_fits(shape, memory.run_of(cfg, world, prompt_len), device_bytes)
 
 
 def load_data(cfg, toy_pipeline):
@@ -200,8 +220,11 @@ def build(cfg, rank, world, device):
             toy.save_fresh(out / "init", cfg.seed)
         distributed.barrier()
     start = str(out / "init") if cfg.model == "toy" else cfg.model
-    policy, tok = models.load_model(start, device, torch.float32, cfg.trust_remote_code,
-                                    cfg.shifted_logits)
+
+    def load():  # on the host in the checkpoint's dtype, then cast to fp32 on the device
+        return models.load_model(start, device, torch.float32, cfg.trust_remote_code,
+                                 cfg.shifted_logits)
+    policy, tok = distributed.in_turn(load)
     mask_id = models.resolve_mask_id(tok, policy, cfg.mask_id)
     if cfg.activation_checkpointing:
         distributed.checkpoint_blocks(policy)
@@ -213,8 +236,7 @@ def build(cfg, rank, world, device):
         wrapped = DDP(policy) if world > 1 else policy
     reference = None
     if cfg.algo != "sft" and cfg.beta > 0:
-        reference = models.load_model(start, device, torch.float32, cfg.trust_remote_code,
-                                      cfg.shifted_logits)[0]
+        reference = distributed.in_turn(load)[0]
         reference.requires_grad_(False)
         if cfg.fsdp:
             reference = distributed.shard(reference, cfg.precision, reshard_root=True)
@@ -246,7 +268,7 @@ def save(cfg, policy, tok, optimizer, gen, step, pos, best, accuracy, rank):
     checkpoint.save(out / "last", policy, tok, optimizer, state, rank,
                     full_weights=not cfg.fsdp or final or new_best)
     if rank == 0 and new_best:
-        checkpoint.copy(out / "last", out / "best")
+        checkpoint.keep_as_best(out / "last", out / "best")
     return best
 
 

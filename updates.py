@@ -27,7 +27,7 @@ import rewards
 import rollouts
 import tasks
 from optimise import (MicroBatch, apply_gradients, backward, blank_batch, per_rank_share,
-                      policy_logp, policy_steps, rank_means)
+                      policy_steps, rank_means)
 
 
 # ----------------------------------------------------------------------------- the updates

@@ -13,6 +13,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 import config
+import distributed
+import models
 import optimise
 import sample
 import speedups
@@ -20,9 +22,11 @@ import toy
 import train
 import updates
 from conftest import spawn_bounded
+from hf_models import LLADA_SPECIALS, LLAMA3_CHAT, char_tokenizer
 from test_train import fake_batches
-from tools import memory
-from tools.memory import GiB, LLADA_8B, Run, Shape, peak_bytes
+import memory
+from memory import GiB, LLADA_8B, Run, Shape, peak_bytes
+from tools import memory as memory_tool
 
 TINY = Shape("toy", vocab=59, d=8, layers=1, heads=2, f=32, max_len=16)
 
@@ -246,7 +250,7 @@ def test_the_audit_figures_and_why_the_preset_checkpoints():
 
 
 def test_report_shows_both_kernels_and_writes_the_results_file(tmp_path, capsys):
-    memory.main(["--out", str(tmp_path / "memory.md")])
+    memory_tool.main(["--out", str(tmp_path / "memory.md")])
     out = capsys.readouterr().out
     assert out.strip() == (tmp_path / "memory.md").read_text().strip()
     assert "| 550 (the paper preset) | on | 34.6 (build) | 34.6 (build) | 38.0 | yes |" in out
@@ -261,7 +265,7 @@ def test_report_shows_both_kernels_and_writes_the_results_file(tmp_path, capsys)
 
 
 def test_cli_flags_change_the_table(tmp_path, capsys):
-    memory.main(
+    memory_tool.main(
         [
             "--micro-batch",
             "2",
@@ -357,10 +361,15 @@ def test_predict_bytes_are_what_sample_predict_holds():
     )
     # confidence "sampling" (the authors', every rollout's): q only
     assert 4 * n * V <= predict_peak("sampling") <= 4 * n * V + 10240 * n
-    assert (memory.CHUNK_ELEMENTS, memory.MIN_ROWS) == (sample.CHUNK_ELEMENTS, speedups.ROWS)
-    # LLaDA's step: logits (8, 1062, 126,464) bf16 = 2,148,876,288 B, and one chunk of max(16, 2^22
-    # // 126,464) = 33 rows, 12 B each: 33 x 126,464 x 12 = 50,079,744 B
-    assert memory.sampler_step(LLADA_8B, Run(), 8) == 2_148_876_288 + 50_079_744
+    # LLaDA's step on a GPU: its output layer on the rows it needs (speedups.split_output_layer),
+    # one chunk of 2^27 // 126,464 = 1,061 rows at a time, 12 B each: 1,061 x 126,464 x 12 =
+    # 1,610,139,648 B
+    assert sample.CHUNK_ELEMENTS["cuda"] == 2**27 and speedups.ROWS == memory.MIN_ROWS
+    assert memory.sampler_step(LLADA_8B, Run(), 8) == 1_610_139_648
+    # a model that runs its output layer on every position (Dream's shifted logits) also holds the
+    # forward's logits, (8, 1062, 126,464) bf16 = 2,148,876,288 B
+    full = replace(LLADA_8B, row_head=False)
+    assert memory.sampler_step(full, Run(), 8) == 2_148_876_288 + 1_610_139_648
 
 
 def test_peak_follows_the_phase_that_grows():
@@ -384,9 +393,56 @@ def test_two_gloo_ranks_measure_what_the_model_says(tmp_path, monkeypatch):
     ):  # freed blocks leave the resident set
         monkeypatch.setenv(key, "65536")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
-    memory.save_toy(tmp_path)
-    spawn_bounded(memory.worker, (2, str(tmp_path), ["fp32"]), nprocs=2, timeout=170)
+    memory_tool.save_toy(tmp_path)
+    spawn_bounded(memory_tool.worker, (2, str(tmp_path), ["fp32"]), nprocs=2, timeout=170)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    peaks = memory.measured_peaks(ranks, ["fp32"])
+    peaks = memory_tool.measured_peaks(ranks, ["fp32"])
     assert set(peaks) == {("fp32", ph) for ph in ("rollout", "train", "optimizer", "checkpoint")}
-    assert all(memory.agrees(m, x) for m, x in peaks.values()), peaks
+    assert all(memory_tool.agrees(m, x) for m, x in peaks.values()), peaks
+
+
+def test_the_paper_preset_fits_under_60_gib_per_gpu_on_8():
+    """--preset paper resolves a micro-batch that the model puts under 60 GiB per GPU (fragmentation
+    included) for the README's MDPO command: FSDP2 over 8 GPUs, bf16, prompts of 550 tokens."""
+    cfg = config.from_args(["--task", "math500", "--train-file", "x.csv", "--model", "m", "--fsdp",
+                            "--precision", "bf16"])
+    assert cfg.preset == "paper" and cfg.micro_batch == 4 and cfg.activation_checkpointing
+    total = peak_bytes(LLADA_8B, memory.run_of(cfg, 8, 550))["total"]
+    assert total <= 60 * GiB
+    too_big = replace(cfg, micro_batch=64)
+    assert peak_bytes(LLADA_8B, memory.run_of(too_big, 8, 550))["total"] > 80e9
+
+
+def llada_8b_config_only(path):
+    """A directory with LLaDA-8B-Instruct's sizes in config.json and a tokenizer, but no weights."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(dict(
+        model_type="llada", d_model=4096, n_layers=32, n_heads=32, mlp_hidden_size=12288,
+        vocab_size=126464, embedding_size=126464, mask_token_id=126336)))
+    char_tokenizer(126464, LLADA_SPECIALS, "<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>",
+                   LLAMA3_CHAT).save_pretrained(path)
+    return path
+
+
+def test_a_run_predicted_not_to_fit_stops_before_the_model_loads(tmp_path, monkeypatch):
+    """On a (faked) 80 GB GPU, one process of full fine-tuning of an 8B model cannot fit: train.py
+    says so in one line, with the prediction and settings that would fit, before loading anything;
+    --skip-memory-check goes on to load."""
+    model = llada_8b_config_only(tmp_path / "llada-8b")
+    data = tmp_path / "math.jsonl"
+    data.write_text('{"problem": "What is 1+1?", "answer": "2"}\n')
+    monkeypatch.setattr(distributed, "device_memory", lambda device: 80 * 10**9)
+
+    def load_model(*a, **kw):
+        raise RuntimeError("the model was loaded")
+    monkeypatch.setattr(models, "load_model", load_model)
+    argv = ["--model", str(model), "--task", "math500", "--train-file", str(data), "--precision",
+            "bf16", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv)
+    message = str(stop.value)
+    assert message.startswith("train.py: error: predicted peak ") and "\n" not in message
+    assert "GiB per GPU > this GPU's 74.5 GiB" in message
+    assert "would fit: --fsdp on 4 GPUs (53.0 GiB)" in message and "--skip-memory-check" in message
+    with pytest.raises(RuntimeError, match="the model was loaded"):
+        train.main(argv + ["--skip-memory-check"])

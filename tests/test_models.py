@@ -16,7 +16,6 @@ import rewards
 import sample
 import train
 import optimise
-import updates
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<user>", "<assistant>"] + (
     "what is one two three four five plus minus the answer boxed { } \\ = ? .".split()

@@ -15,7 +15,8 @@ import transformers
 import sample
 import speedups
 import toy
-from conftest import ROOT, large_weights_toy, run_bounded
+from conftest import ROOT, NoMaskPrediction, large_weights_toy, run_bounded
+from test_models import tiny_modernbert
 from models import decode_until_eos, encode_prompts, load_model, resolve_mask_id
 from sample import generate
 
@@ -271,13 +272,20 @@ def test_toy_checkpoint_round_trip_and_cli_show(tmp_path, tok):
 
 
 # -------------------------------------------------------------- exact ties, official RCR, fast path
+@pytest.fixture(autouse=True)
+def bigram_splits_its_output_layer(monkeypatch):
+    types = (*speedups.ROW_HEAD_MODEL_TYPES, "bigram")
+    monkeypatch.setattr(speedups, "ROW_HEAD_MODEL_TYPES", types)
+
+
 class Bigram(torch.nn.Module):
     """logits at position j = head(emb(x_{j-1})): positions with the same left neighbour tie
-    exactly. It declares its Linear output layer, so generate runs it on the rows it needs
-    (speedups.head_on_rows).
+    exactly. Its logits are its Linear output layer on emb(x_{j-1}) and it can swap that layer, so
+    generate runs the layer on the rows it needs (speedups.head_on_rows; model type "bigram" is
+    added to speedups.ROW_HEAD_MODEL_TYPES above).
     """
 
-    hidden_before_output_layer = True
+    config = SimpleNamespace(model_type="bigram")
 
     def __init__(self, V, mask_id, scale, seed=0):
         super().__init__()
@@ -293,10 +301,11 @@ class Bigram(torch.nn.Module):
     def get_output_embeddings(self):
         return self.head
 
-    def forward(self, input_ids, attention_mask=None, hidden_only=False):
+    def set_output_embeddings(self, head):
+        self.head = head
+
+    def forward(self, input_ids, attention_mask=None):
         prev = torch.cat([input_ids[:, :1], input_ids[:, :-1]], 1)  # (B, S)
-        if hidden_only:
-            return SimpleNamespace(hidden_states=self.emb(prev))  # (B, S, 8)
         return SimpleNamespace(logits=self.head(self.emb(prev)))  # (B, S, V)
 
 
@@ -502,19 +511,32 @@ def test_record_false_predicts_only_up_to_the_block_end(tok):
         )
 
 
-def test_only_a_declared_output_layer_is_split_off(tmp_path, tok):
-    """The toy declares that its logits are its Linear head applied to forward(hidden_only=True):
-    true bit for bit. A model that does not declare it (an HF model, a wrapper) runs in full."""
+def test_the_output_layer_is_split_off_where_the_logits_are_that_layer_alone(tmp_path, tok):
+    """The toy's and ModernBERT's logits are their Linear output layer applied to its input: with
+    the layer swapped for the identity the forward returns that input, and the layer on it gives
+    the logits bit for bit. A wrapper that changes the logits, BERT (its head has a transform
+    before the layer it exposes: not listed) and a shifted-logit model run in full."""
     model = large_weights_toy()
-    assert speedups.split_output_layer(model) is model.head
+    head = speedups.split_output_layer(model)
+    assert head is model.head
     x = torch.randint(5, tok.vocab_size, (2, 9))
     attn = torch.ones(2, 9, dtype=torch.long)
     attn[1, :3] = 0
-    hidden = model(x, attention_mask=attn, hidden_only=True).hidden_states  # (2, 9, D)
-    assert torch.equal(model.head(hidden), model(x, attention_mask=attn).logits)
+    with speedups.output_layer_removed(model, head):
+        hidden = model(x, attention_mask=attn).logits  # (2, 9, D)
+    assert hidden.shape == (2, 9, model.config.d_model) and model.head is head
+    assert torch.equal(head(hidden), model(x, attention_mask=attn).logits)
     assert speedups.split_output_layer(Wrapped(model)) is None
+    assert speedups.split_output_layer(NoMaskPrediction(model, tok.mask_token_id)) is None
     bert, _ = load_model(str(tiny_bert(tmp_path)))
     assert speedups.split_output_layer(bert) is None
+    modernbert, _ = load_model(str(tiny_modernbert(tmp_path / "modernbert")))
+    head = speedups.split_output_layer(modernbert)
+    with speedups.output_layer_removed(modernbert, head):
+        hidden = modernbert(x.clamp(max=14), attention_mask=attn).logits
+    assert torch.equal(head(hidden), modernbert(x.clamp(max=14), attention_mask=attn).logits)
+    shifted, _ = load_model(str(tmp_path / "modernbert"), shifted_logits=True)
+    assert speedups.split_output_layer(shifted) is None
 
 
 # ------------------------------------------------------------- sampling, top-p, tempered confidence

@@ -23,7 +23,7 @@ import tasks
 import toy
 import optimise
 import updates
-from conftest import ROOT, kill_tree, run_bounded, spawn_bounded
+from conftest import ROOT, run_bounded, spawn_bounded
 
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402

@@ -21,7 +21,6 @@ import concurrent.futures
 import contextlib
 import json
 import multiprocessing
-import statistics
 import sys
 import time
 from pathlib import Path
