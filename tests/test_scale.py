@@ -270,3 +270,24 @@ def test_training_rollouts_use_the_authors_confidence(tok, monkeypatch):
     assert [k["confidence"] for k in seen] == ["sampling", "sampling"] and {
         k["block_length"] for k in seen
     } == {4, 8}
+
+
+def test_best_is_the_exported_model_of_last_as_hard_links(tmp_path):
+    """checkpoint.keep_as_best copies nothing: best/'s files are last/'s (the same inodes), without
+    the resumable dcp/ state, and a later save of last/ (new files renamed into place) leaves them
+    as they were."""
+    last = tmp_path / "last"
+    (last / "dcp").mkdir(parents=True)
+    (last / "dcp" / "shard").write_bytes(b"optimiser state")
+    (last / "model.safetensors").write_bytes(b"weights of update 8")
+    (last / "config.json").write_text("{}")
+    checkpoint.keep_as_best(last, tmp_path / "best")
+    best = tmp_path / "best"
+    assert sorted(p.name for p in best.iterdir()) == ["config.json", "model.safetensors"]
+    assert (best / "model.safetensors").stat().st_ino == (last / "model.safetensors").stat().st_ino
+    new = tmp_path / "last.tmp"  # what checkpoint.save does: write anew, then rename into place
+    new.mkdir()
+    (new / "model.safetensors").write_bytes(b"weights of update 9")
+    last.rename(tmp_path / "last.old")
+    new.rename(last)
+    assert (best / "model.safetensors").read_bytes() == b"weights of update 8"

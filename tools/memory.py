@@ -150,8 +150,9 @@ def report(s=LLADA_8B, run=Run()):
             f"training phase {gib(paper['phases']['train'])} GiB on the math attention path, "
             f"{gib(flash['phases']['train'])} GiB with a fused (flash) kernel; "
             f"prompts of {run.prompt_len} tokens.** "
-            "A micro-batch with a left-padded row takes the math path (LLaDA turns torch's "
-            "memory-efficient kernel off; flash takes no mask).",
+            "A micro-batch with a left-padded row needs a kernel that takes a mask: torch's "
+            "memory-efficient one, which LLaDA's code turns off and models.load_model turns back "
+            "on. Until tools/gpu_check.py has shown which kernel runs on a GPU, plan for math.",
             "",
             "## Peak by kernel, prompt length and activation checkpointing (FSDP2, GiB)",
             "",
