@@ -16,6 +16,7 @@ import torch
 
 import mdpo
 import models
+import remask
 import rewards
 import sample
 import tasks
@@ -45,7 +46,9 @@ class Config:
     block_lengths: tuple = (10, 40)
     steps: int = 16
     remasking: str = "lcr"
+    schedule: str | None = None
     eoser: bool = False
+    eoser_gamma_min: float = 0.01
     temperature: float = 0.7
     # MDPO and diffu-GRPO
     group_size: int = 8
@@ -56,7 +59,7 @@ class Config:
     beta: float = 0.01
     inner_steps: int = 1
     p_mask: float = 0.15
-    igpo_ratio: str = "token"
+    igpo_ratio: str = "sequence"
     igpo_entropy_keep: float = 0.2
     # optimisation
     lr: float = 3e-5
@@ -124,7 +127,8 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "n_train": "toy training problems to generate",
     "n_eval": "held-out problems of --eval-every (val) and of the toy's final table (test)",
     "prefilter": "overdenoise: train only on prompts greedy decoding gets right at some step "
-                 "but wrong at the end (Section 3.3; paper: on)",
+                 "but wrong at the end (Section 3.3). The paper's training CSV is that subset "
+                 "already, so no preset turns it on",
     "format_score": "countdown reward of a well-formed wrong answer (paper: 0, binary; d1: 0.1)",
     "preset": "toy or paper (default: toy for the toy tasks, paper for the others)",
     "algo": "sft = Eq. 1 on reference completions; mdpo; diffu-grpo = d1's baseline; cj-grpo, igpo "
@@ -133,8 +137,15 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "block_lengths": "block sizes of the rollouts, alternating over groups (Section 3.4's mixture)",
     "steps": "denoising steps T of a rollout",
     "remasking": "remasking of the rollouts: " + ", ".join(sample.REMASKING),
-    "eoser": "EOS Early Rejection in the rollouts (remask.py; gamma from the reference's 0.4 "
-             "up to 1)",
+    "schedule": "tokens revealed per step of the rollouts (remask.COUNTS; default: the "
+                "remasking's own, linear-official for rcr-latest, else linear). ass: Ascending "
+                "Step-Size, one block of --gen-length in floor(log2 L) --steps (the EOSER-ASS "
+                "paper's CJ-GRPO: --eoser --schedule ass)",
+    "eoser": "EOS Early Rejection in the rollouts (remask.py): an EOS's ranking confidence times "
+             "gamma, from --eoser-gamma-min up to 1 over all steps of the generation (the "
+             "reference trains one block; in semi-AR rollouts gamma ramps across the blocks)",
+    "eoser_gamma_min": "EOSER's first gamma in the rollouts (the reference's training config, "
+                       "train.yaml eos_min_gamma: 0.01; its function default 0.4)",
     "temperature": "rollout temperature > 0 (LLaDA: 0.4, the authors' README command)",
     "group_size": "G rollouts per prompt (paper 8)",
     "prompts_per_update": "prompts per update over all ranks (paper 16)",
@@ -146,8 +157,8 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "inner_steps": "mu optimiser steps per batch of rollouts (MDPO 1; d1 12 math, 8 countdown)",
     "p_mask": "diffu-GRPO, IGPO: prompt masking rate of the one-step log-prob input "
               "(d1 0.15, IGPO 0)",
-    "igpo_ratio": "IGPO's importance ratio: token (per token; the entropy filter acts through "
-                  "it) or sequence (GSPO's, IGPO's run scripts)",
+    "igpo_ratio": "IGPO's importance ratio: sequence (GSPO's, one per completion: IGPO's run "
+                  "scripts and paper) or token (per token)",
     "igpo_entropy_keep": "IGPO: share of the hint tokens kept in the loss, those of highest "
                          "entropy (IGPO 0.2; 1 = no filter)",
     "lr": "AdamW learning rate (paper 7e-7)",
@@ -169,7 +180,8 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "seed": "base seed (each rank adds its rank)",
 }
 CHOICES = {"task": tasks.TASKS, "prefilter": ("none", "overdenoise"), "preset": PRESETS,
-           "algo": ALGOS, "remasking": sample.REMASKING, "loss_norm": mdpo.LOSS_NORMS,
+           "algo": ALGOS, "remasking": sample.REMASKING, "schedule": remask.COUNTS,
+           "loss_norm": mdpo.LOSS_NORMS,
            "lr_schedule": ("constant", "cosine"), "precision": ("bf16", "fp32"),
            "igpo_ratio": ("token", "sequence")}
 # what may change between a run's sessions
@@ -219,7 +231,8 @@ def parser(description=None):
         elif f.name == "block_lengths":
             p.add_argument(flag, help=text)
         else:
-            cast = {"mask_id": int, "train_file": str, "eval_data": str}.get(f.name, kind)
+            cast = {"mask_id": int, "train_file": str, "eval_data": str,
+                    "schedule": str}.get(f.name, kind)
             p.add_argument(flag, type=cast, choices=CHOICES.get(f.name), help=text)
     return p
 
@@ -286,6 +299,14 @@ def check(cfg):
                 "and FSDP's gathers need every rank in every forward; use DDP")
     if not 0 < cfg.igpo_entropy_keep <= 1:
         return f"--igpo-entropy-keep {cfg.igpo_entropy_keep}: must be in (0, 1]"
+    if not 0 <= cfg.eoser_gamma_min <= 1:
+        return f"--eoser-gamma-min {cfg.eoser_gamma_min}: must be in [0, 1]"
+    if cfg.schedule == "ass" and cfg.block_lengths != (cfg.gen_length,):
+        return (f"--block-lengths {show(cfg.block_lengths)}: --schedule ass decodes one block, "
+                f"must be {cfg.gen_length} (--gen-length)")
+    if cfg.schedule == "ass" and cfg.steps != remask.ass_steps(cfg.gen_length):
+        return (f"--steps {cfg.steps}: --schedule ass takes floor(log2 --gen-length) = "
+                f"{remask.ass_steps(cfg.gen_length)} steps")
     if not (toy_task or cfg.algo == "sft" or cfg.train_file):
         return (f"--train-file is needed: --task {cfg.task} generates no training prompts "
                 "(toy tasks do)")

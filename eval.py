@@ -47,6 +47,10 @@ import tasks
 from overdenoise import overdenoise_stats, overdenoised, overdenoising_report
 from tables import REMASKING_NAMES, accuracy_table, label, read_rows
 
+# Section 3.3 counts over-denoising under greedy decoding with LLaDA's low-confidence remasking: the
+# pre-filter (--prefilter overdenoise) keeps the training prompts it gets right at some step and
+# wrong at the end
+PREFILTER_REMASKING = "lcr"
 
 
 # --------------------------------------------------------------------------- generation and scoring
@@ -119,8 +123,8 @@ def prefilter(model, tok, examples, args, mask_id, rank, world):
         return [json.loads(line) for line in cache.read_text().splitlines()]
     keep = torch.zeros(len(examples[rank::world]), dtype=torch.bool)
     for block in args.block_lengths:
-        keep |= overdenoised(sharded_accuracy(model, tok, examples, args, mask_id, "lcr", block,
-                                              rank, world)[1])
+        keep |= overdenoised(sharded_accuracy(model, tok, examples, args, mask_id,
+                                              PREFILTER_REMASKING, block, rank, world)[1])
     kept = distributed.all_gather_list([ex for ex, k in zip(examples[rank::world], keep.tolist())
                                         if k])
     if not kept:
@@ -343,7 +347,7 @@ def report(args, examples, all_settings, failures):
     print(table)
     written = [out / "table.md", out / "samples.jsonl"]
     if args.trajectory:
-        from tools import plots
+        import plots
         groups, flagged = {}, torch.zeros(len(examples), dtype=torch.bool)
         for s in all_settings:
             key = json.dumps(s, sort_keys=True)

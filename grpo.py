@@ -3,7 +3,7 @@
 d1's equations are written in its code (github.com/dllm-reasoning/d1,
 diffu-grpo/diffu_grpo_trainer.py, "trainer.py" below), and each docstring names the function it
 follows:
-    advantage r_i - mean_G(r) (`_generate_and_score_completions`)    -> `group_advantages`
+    advantage r_i - mean_G(r) (`_generate_and_score_completions`)    -> `reward_minus_group_mean`
     tokens in the loss, up to the first EOS (same function)          -> `completion_mask`
     one-step log-prob input: prompt masked w.p. p, completion all    -> `perturbed_input`
       masked (`forward_process`)
@@ -38,9 +38,12 @@ import torch
 import mdpo
 
 
-def group_advantages(rewards, group_size):
+def reward_minus_group_mean(rewards, group_size):
     """d1 advantage (`_generate_and_score_completions`, trainer.py:533-539):
     A_i = r_i - mean_G(r), no std.
+
+    Not MDPO's Eq. 6 (`mdpo.group_advantages`): one advantage per completion from its final reward,
+    (N,), where Eq. 6 gives one per denoising step, (N, T), and divides by the group's std.
 
     rewards: (N,) final reward of each completion, N = prompts * G with the G completions of a
     prompt in contiguous rows (as d1's view(-1, G)). group_size: G (>= 2). d1 computes the group std
@@ -49,7 +52,7 @@ def group_advantages(rewards, group_size):
     """
     N = rewards.shape[0]
     if group_size < 2 or N % group_size != 0:
-        raise ValueError(f"grpo.group_advantages: group_size={group_size} must be >= 2 "
+        raise ValueError(f"grpo.reward_minus_group_mean: group_size={group_size} must be >= 2 "
                          f"and divide N={N}")
     r = rewards.view(N // group_size, group_size)  # (N/G, G)
     adv = r - r.mean(dim=1, keepdim=True)  # (N/G, G)
@@ -181,8 +184,9 @@ def cj_grpo_loss(logp, old_logp, ref_logp, adv, revealed, denom, eps=0.5, beta=0
 
     logp, old_logp, ref_logp: (B, L) log p(x_s^i | x_{s-1}) of B rows (rollout n, step s) under the
     policy (with grad), the rollout policy (logp.detach() at mu = 1) and the reference (None when
-    beta = 0). adv: (B,) or (B, 1), the rollout's A = r - group mean (`group_advantages`; EAR's code
-    does not divide by the group std while its paper's algorithm box does: we follow the code).
+    beta = 0). adv: (B,) or (B, 1), the rollout's A = r - group mean (`reward_minus_group_mean`;
+    EAR's code does not divide by the group std while its paper's algorithm box does: we follow the
+    code).
     revealed: (B, L) bool, the row's pos_s. denom: (B, 1), `cj_grpo_denominators(...)[s]` per row.
     eps = 0.5, beta = 0.04 as EAR's runs. EAR computes the EOS cut (`completion_mask`) but never
     applies it; we follow the code: every revealed token counts, EOS and the padding after it too.

@@ -22,15 +22,24 @@ import torch
 import torch.nn.functional as F
 
 
-def step_scores(rewards):
+def step_scores(rewards_noisy_to_clean):
     """Eq. 11 (the s_{t,k} of Eq. 6): score of each denoising step from the rewards of its rollout.
 
-    rewards: (N, T) float, rewards[:, s] = r(prediction of step s), rollout order (noisy -> clean).
+    rewards_noisy_to_clean: (N, T) float, column s = r(prediction of step s) in ROLLOUT order: s = 0
+    is the first, noisiest step (the paper's t = T), s = T-1 the last (t = 1). Passing the paper's
+    order (t = T..1 reversed) gives wrong scores without an error.
     score_s = R_s - R_{s-1} + mean(R_{s+1}, ..., R_{T-1}) with R_{-1} = 0 (the all-mask input). The
     first part rewards improving on the previous, noisier prediction; the second, steering toward
     clean states that score well. For s = T-1 the mean is empty and we use R_{T-1}, as the authors'
     code does. Returns (N, T).
+
+    Worked example, T = 4, a rollout right at step 1, wrong at step 2 (over-denoised), right at the
+    end: R = [0, 1, 0, 1]
+      s = 0: 0 - 0 + mean(1, 0, 1) = 2/3     s = 2: 0 - 1 + mean(1)   = 0
+      s = 1: 1 - 0 + mean(0, 1)    = 3/2     s = 3: 1 - 0 + R_3 (= 1) = 2
+    step_scores([[0., 1., 0., 1.]]) -> [[0.6667, 1.5, 0.0, 2.0]]
     """
+    rewards = rewards_noisy_to_clean
     N, T = rewards.shape
     prev = torch.cat([torch.zeros_like(rewards[:, :1]), rewards[:, :-1]], dim=1)  # (N, T) R_{s-1}
     suffix = rewards.flip(1).cumsum(1).flip(1)  # (N, T) sum of R_s..R_{T-1}
@@ -45,8 +54,11 @@ def group_advantages(scores, group_size, eps=1e-4):
     """Eq. 6: A_{t,k} = (s_{t,k} - mean_k s_{t,k}) / (std_k s_{t,k} + eps),
     per step, within each group.
 
-    scores: (N, T) step scores, N = prompts * G with the G rollouts of a prompt in contiguous rows.
-    group_size: G (>= 2). std is unbiased (torch's default), as in the official code; eps = 1e-4 as
+    One advantage per denoising step, (N, T), divided by the group's std: not d1's
+    `grpo.reward_minus_group_mean` (one per completion, no std).
+    scores: (N, T) step scores, N = prompts * G with the G rollouts of a prompt in CONTIGUOUS rows
+    (rows 0..G-1 the first prompt's, G..2G-1 the second's, ...: rollouts.sample_group's order); any
+    other layout compares rollouts of different prompts without an error. group_size: G (>= 2). std is unbiased (torch's default), as in the official code; eps = 1e-4 as
     there. A group whose scores at a step are all equal gets A = 0 at that step (nothing to
     compare). Returns (N, T).
     """
@@ -107,6 +119,10 @@ def clipped_surrogate(logp, old_logp, adv, eps=0.2):
     policy. adv: advantage A of the step, (B, 1) or (B, L). eps: clip range (0.2 in the paper).
     Returns (B, L).
     """
+    if adv.dim() != 2 or adv.shape[0] != logp.shape[0] or adv.shape[1] not in (1, logp.shape[1]):
+        # a (B,) advantage would broadcast along L (and silently so when B == L)
+        raise ValueError(f"mdpo.clipped_surrogate: adv of shape {tuple(adv.shape)} must be (B, 1) "
+                         f"or (B, L) for log-probs {tuple(logp.shape)}")
     rho = ratio(logp, old_logp)  # (B, L)
     return torch.minimum(rho * adv, rho.clamp(1 - eps, 1 + eps) * adv)  # (B, L)
 

@@ -1,6 +1,8 @@
-"""What every RL update shares once its rollouts are scored: the micro-batches (`MicroBatch`) and
-the accumulate-then-step machinery, PPO-style over mu inner steps (`policy_steps`: `fix_log_probs`,
-`backward`, `apply_gradients`), plus the few sums over ranks the normalisers need.
+"""What the updates share around their losses: the micro-batches (`MicroBatch`, `policy_logp`),
+accumulating gradients over them (`prepare`, `micro_step`, `fixed_logps`, `tally`) and the optimiser
+step (`step`), plus the few sums over ranks the normalisers need. Each update function (updates.py)
+runs the loop itself, nanoGPT's way: for every micro-batch, the log-probs, its algorithm's loss,
+loss.backward(); then one `step`.
 """
 import contextlib
 import dataclasses
@@ -43,58 +45,89 @@ def blank_batch(batch):
     return dataclasses.replace(batch, loss_mask=torch.zeros_like(batch.loss_mask))
 
 
-def policy_logp(model, batch, i, temperature):
-    """log p_theta of the targets given the i-th input: one forward -> (b, L)."""
-    x = batch.inputs[i]  # (b, P+L)
+def policy_logp(model, batch, k, temperature):
+    """log p_theta of the targets given the input of inner step k: one forward -> (b, L)."""
+    x = batch.inputs[k % len(batch.inputs)]  # (b, P+L)
     logits = models.logits(model, x, batch.attention_mask)[:, batch.prompt_len:]  # (b, L, V)
     return mdpo.token_logp(logits, batch.targets, temperature)  # (b, L)
 
 
 # ---------------------------------------------------------------------------- accumulate, then step
-def policy_steps(policy, reference, optimizer, batches, loss_fn, cfg, temperature, has_signal):
-    """cfg.inner_steps optimiser steps over the same micro-batches, PPO-style.
-
-    loss_fn(batch, logp, old_logp, ref_logp) -> (loss divided by the update's normaliser, KL
-    estimator). old_logp: at mu = 1 the ratio of Eq. 5 is 1 and old_logp = logp.detach() (the
-    paper's code); at mu > 1 it is computed once, before the first step, with the training forward
-    itself, so the first ratio is exactly 1. temperature: the one the log-probs are scored at (MDPO:
-    the rollout's, so that the ratio is 1 at the first update; d1: 1). has_signal: False when no
-    advantage anywhere on any rank is non-zero: then nothing is trained
-    (returns {"no_signal": True}).
-    """
+def prepare(policy, reference, batches, cfg, temperature, has_signal):
+    """Before an update's optimiser steps: None when no advantage on any rank is non-zero (nothing
+    to train: every rank skips); else the micro-batches, padded with blank ones to the most any
+    rank has (DDP and FSDP need every rank in every backward), with their fixed log-probs
+    (`fix_log_probs`)."""
     device = next(policy.parameters()).device
     if not any_rank(has_signal, device):
-        return {"no_signal": True}
+        return None
     batches = distributed.pad_micro_batches(batches, blank_batch)
     fix_log_probs(policy, reference, batches, cfg, temperature)
-    stats = {}
-    for k in range(cfg.inner_steps):
-        totals = backward(policy, batches,
-                          lambda b: batch_loss(policy, b, k, loss_fn, cfg, temperature), cfg)
-        tokens = max(totals["tokens"], 1)
-        stats = {"loss": totals["loss"], "kl": totals["kl"] / tokens,
-                 "clip_frac": totals["clipped"] / tokens, "tokens": totals["tokens"],
-                 **apply_gradients(policy, optimizer, cfg, totals["loss"])}
+    return batches
+
+
+@contextlib.contextmanager
+def micro_step(policy, i, n, cfg):
+    """Around the forward and backward of micro-batch i of n: bf16 autocast (--precision), and under
+    DDP no gradient all-reduce before the last one (no_sync), so the gradients add up locally and
+    are reduced once. FSDP reduce-scatters after every micro-batch: a rank holds its gradient
+    shard, never the full model's gradients."""
+    device = next(policy.parameters()).device
+    sync = isinstance(policy, DDP) and i < n - 1
+    with policy.no_sync() if sync else contextlib.nullcontext(), \
+            distributed.autocast(cfg.precision, device):
+        yield
+
+
+def fixed_logps(b, k, logp):
+    """The rollout policy's and the reference's log-probs (b, L) of micro-batch b at inner step k:
+    at mu = 1 the ratio of Eq. 5 is 1, old = logp.detach() (the paper's code); the reference's is
+    None when there is no reference (beta = 0)."""
+    i = k % len(b.inputs)
+    old = b.old_logp[i] if b.old_logp else logp.detach()
+    return old, (b.ref_logp[i] if b.ref_logp else None)
+
+
+def tally(sums, loss, logp, old, ref, b, kl, eps):
+    """Add one micro-batch to the update's sums: {"loss", "kl", "clipped", "tokens"} (the KL
+    estimator `kl` summed over the loss's tokens, the tokens whose Eq. 5 minimum is clipped)."""
+    tokens = b.loss_mask.sum().item()
+    sums["loss"] += loss.item()
+    sums["kl"] += kl(logp, ref)[b.loss_mask].sum().item() if ref is not None else 0.0
+    sums["clipped"] += mdpo.clip_fraction(logp, old, b.adv, b.loss_mask, eps).item() * tokens
+    sums["tokens"] += tokens
+
+
+def new_sums():
+    return {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
+
+
+def step(policy, optimizer, cfg, sums):
+    """The optimiser step after the update's backwards: the sums added over ranks, the gradient norm
+    clipped, AdamW stepped (unless the loss or the norm is not finite: then the step is skipped and
+    train.py logs it), the gradients zeroed. Returns the update's statistics: loss (mean over
+    ranks), kl and clip_frac (per token), tokens, grad_norm, lr (+ skipped)."""
+    device = next(policy.parameters()).device
+    loss, kl, clipped, tokens = distributed.all_sum(list(sums.values()), device)
+    loss /= world_size()
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+    # under FSDP the norm is a DTensor
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    stats = {"loss": loss, "kl": kl / max(tokens, 1), "clip_frac": clipped / max(tokens, 1),
+             "tokens": tokens, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        optimizer.step()
+    else:
+        stats["skipped"] = True
+    optimizer.zero_grad(set_to_none=True)
     return stats
 
 
-def batch_loss(policy, b, k, loss_fn, cfg, temperature):
-    """The loss of micro-batch b at inner step k -> (loss, KL sum, clipped tokens, tokens in the
-    loss)."""
-    i = k % len(b.inputs)  # the input of this step, and its fixed log-probs
-    logp = policy_logp(policy, b, i, temperature)  # (b, L)
-    old = b.old_logp[i] if b.old_logp else logp.detach()  # mu = 1: the ratio of Eq. 5 is 1
-    ref = b.ref_logp[i] if b.ref_logp else None
-    loss, kl = loss_fn(b, logp, old, ref)
-    tokens = b.loss_mask.sum().item()
-    kl_sum = kl(logp, ref)[b.loss_mask].sum().item() if ref is not None else 0.0
-    clipped = mdpo.clip_fraction(logp, old, b.adv, b.loss_mask, cfg.eps).item() * tokens
-    return loss, kl_sum, clipped, tokens
-
-
 def fix_log_probs(policy, reference, batches, cfg, temperature):
-    """Before the first inner step, under no grad: the rollout policy's log-probs (mu > 1 only) and
-    the frozen reference's (when there is one), for every input of every micro-batch."""
+    """Before the first inner step, under no grad: the rollout policy's log-probs (mu > 1 only: the
+    training forward of the first step would give them too late) and the frozen reference's (when
+    there is one), for every input of every micro-batch. temperature: the one the log-probs are
+    scored at (MDPO, CJ-GRPO: the rollout's, so that the ratio is 1 at the first update; d1: 1)."""
     device = next(policy.parameters()).device
     with torch.no_grad(), distributed.autocast(cfg.precision, device):
         for b in batches:
@@ -103,45 +136,6 @@ def fix_log_probs(policy, reference, batches, cfg, temperature):
             if reference is not None:
                 b.ref_logp = [policy_logp(reference, b, k, temperature)
                               for k in range(len(b.inputs))]
-
-
-def backward(policy, batches, loss_of, cfg):
-    """Forward and backward every micro-batch; gradients add up. loss_of(batch) -> (loss, KL sum,
-    clipped tokens, tokens). Returns those summed over micro-batches and ranks (the loss averaged
-    over ranks).
-
-    DDP all-reduces the gradients on the last micro-batch only (no_sync before it). FSDP
-    reduce-scatters after every micro-batch, so a rank holds its gradient shard, never the full
-    model's gradients.
-    """
-    ddp = isinstance(policy, DDP)
-    device = next(policy.parameters()).device
-    sums = [0.0, 0.0, 0.0, 0.0]
-    for i, b in enumerate(batches):
-        last = i == len(batches) - 1
-        with policy.no_sync() if ddp and not last else contextlib.nullcontext(), \
-                distributed.autocast(cfg.precision, device):
-            loss, kl, clipped, tokens = loss_of(b)
-        loss.backward()
-        sums = [s + v for s, v in zip(sums, [loss.item(), kl, clipped, tokens])]
-    loss, kl, clipped, tokens = distributed.all_sum(sums, device)
-    return {"loss": loss / world_size(), "kl": kl, "clipped": clipped, "tokens": tokens}
-
-
-def apply_gradients(policy, optimizer, cfg, loss):
-    """Clip the gradient norm, step (unless the loss or the norm is not finite: then the step is
-    skipped, and train.py logs it), zero the gradients. Returns {"grad_norm", "lr"}
-    (+ "skipped": True)."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-    # under FSDP the norm is a DTensor
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-    stats = {"grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
-    if math.isfinite(loss) and math.isfinite(grad_norm):
-        optimizer.step()
-    else:
-        stats["skipped"] = True
-    optimizer.zero_grad(set_to_none=True)
-    return stats
 
 
 # ----------------------------------------------------------------------------- across ranks

@@ -122,10 +122,12 @@ def eoser_gamma(s, T, gamma_min, ramp="linear"):
     ass: the share of the canvas decoded once step s is done,
       gamma_min + (1 - gamma_min) (2^{s+1} - 1) / 2^T  (T = 8: 0.014, 0.022, ..., 0.501, 0.996).
     s counts over the whole generation, also in semi-AR decoding."""
-    if ramp == "ass":
+    if T == 1:  # a single step decodes everything (the reference: gamma_max)
+        share = 1.0
+    elif ramp == "ass":
         share = (2 ** (s + 1) - 1) / 2 ** T
     else:
-        share = s / (T - 1) if T > 1 else 1.0
+        share = s / (T - 1)
     return gamma_min + (1 - gamma_min) * share
 
 

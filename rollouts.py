@@ -29,10 +29,16 @@ class Group:
     examples: list
 
 
+# What orders the remasking of a rollout at temperature > 0: the probability of the drawn token under
+# the tempered distribution it was drawn from, as the MDPO authors' code (LLaDA orders by the
+# untempered softmax: "model"). sample.CONFIDENCE lists both.
+CONFIDENCE = "sampling"
+
+
 def sample_group(policy, tokenizer, examples, cfg, mask_id, generator, update, record):
-    """G rollouts of each example at cfg.temperature with the authors' "sampling" confidence. Block
-    sizes alternate over groups (Section 3.4's mixture of semi-AR and pure-Diff), shifted by the
-    update index."""
+    """G rollouts of each example at cfg.temperature with CONFIDENCE, cfg.remasking, cfg.schedule
+    and EOSER when cfg.eoser. Block sizes alternate over groups (Section 3.4's mixture of semi-AR
+    and pure-Diff), shifted by the update index."""
     model = policy.module if isinstance(policy, DDP) else policy
     G, device = cfg.group_size, next(model.parameters()).device
     ids, attn = models.encode_prompts(tokenizer,
@@ -54,10 +60,10 @@ def sample_group(policy, tokenizer, examples, cfg, mask_id, generator, update, r
         with distributed.autocast(cfg.precision, device):
             out = sample.generate(model, ids[rows], attention_mask=attn[rows], gen_length=L,
                                   block_length=block, steps=cfg.steps, remasking=cfg.remasking,
-                                  temperature=cfg.temperature, confidence="sampling",
-                                  mask_id=mask_id, record=record, generator=generator,
-                                  eoser_gamma_min=sample.eoser_gamma_min(cfg.eoser, None, "linear"),
-                                  eos_id=tokenizer.eos_token_id)
+                                  schedule=cfg.schedule, temperature=cfg.temperature,
+                                  confidence=CONFIDENCE, mask_id=mask_id, record=record,
+                                  generator=generator, eos_id=tokenizer.eos_token_id,
+                                  eoser_gamma_min=cfg.eoser_gamma_min if cfg.eoser else None)
         if record:
             x[rows], (x_bar[:, rows], x_pred[:, rows]) = out[0], (out[1].x_bar, out[1].x_pred)
         else:
@@ -78,7 +84,7 @@ def sample_with_canvas(policy, group, rows, canvas, cfg, mask_id, generator, ind
         x = sample.generate(model, group.prompt_ids[rows],
                             attention_mask=group.attention_mask[rows, :P],
                             gen_length=cfg.gen_length, block_length=block, steps=cfg.steps,
-                            remasking=cfg.remasking, temperature=cfg.temperature,
-                            confidence="sampling", canvas=canvas.to(device), mask_id=mask_id,
-                            generator=generator)
+                            remasking=cfg.remasking, schedule=cfg.schedule,
+                            temperature=cfg.temperature, confidence=CONFIDENCE,
+                            canvas=canvas.to(device), mask_id=mask_id, generator=generator)
     return x[:, P:]  # (G, L)

@@ -78,7 +78,7 @@ def main(argv=None):
             written += [before_after_table(cfg, final, test_examples, n_new, rank, world, device),
                         Path(base.out) / "last"]
         if rank == 0:
-            from tools import plots
+            import plots
             written.append(plots.training_curves(Path(cfg.out) / "log.jsonl",
                                                  Path(cfg.out) / "plot.png"))
         print0("results: " + ", ".join(map(str, written)))

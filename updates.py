@@ -26,8 +26,8 @@ import models
 import rewards
 import rollouts
 import tasks
-from optimise import (MicroBatch, apply_gradients, backward, blank_batch, per_rank_share,
-                      policy_steps, rank_means)
+import optimise
+from optimise import MicroBatch, blank_batch, per_rank_share, policy_logp, rank_means
 
 
 # ----------------------------------------------------------------------------- the updates
@@ -40,16 +40,19 @@ def sft_update(policy, optimizer, examples, cfg, *, tokenizer, mask_id, generato
     x, attn, maskable = (v.to(device)
                          for v in tasks.sft_batch(tokenizer, examples, cfg.task, cfg.gen_length))
     chunks = torch.arange(len(x), device=device).split(cfg.micro_batch)
-
-    def loss_of(c):
-        x_tau, masked, p_mask = mdpo.sft_noise(x[c], maskable[c], mask_id,
-                                               generator)  # (b, S), (b, S), (b, 1)
-        logits = models.logits(policy, x_tau, attn[c])  # (b, S, V)
-        loss = mdpo.masked_diffusion_loss(logits, x[c], masked, p_mask, maskable[c]) / len(chunks)
-        return loss, 0.0, 0.0, masked.sum().item()
-    totals = backward(policy, list(chunks), loss_of, cfg)
-    return {"loss": totals["loss"], "tokens": totals["tokens"],
-            **apply_gradients(policy, optimizer, cfg, totals["loss"])}
+    sums = optimise.new_sums()
+    for i, c in enumerate(chunks):
+        with optimise.micro_step(policy, i, len(chunks), cfg):
+            x_tau, masked, p_mask = mdpo.sft_noise(x[c], maskable[c], mask_id,
+                                                   generator)  # (b, S), (b, S), (b, 1)
+            logits = models.logits(policy, x_tau, attn[c])  # (b, S, V)
+            loss = mdpo.masked_diffusion_loss(logits, x[c], masked, p_mask,
+                                              maskable[c]) / len(chunks)
+        loss.backward()
+        sums["loss"] += loss.item()
+        sums["tokens"] += masked.sum().item()
+    stats = optimise.step(policy, optimizer, cfg, sums)
+    return {k: v for k, v in stats.items() if k not in ("kl", "clip_frac")}
 
 
 def mdpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_id, generator,
@@ -60,40 +63,54 @@ def mdpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_
     group = rollouts.sample_group(policy, tokenizer, examples, cfg, mask_id, generator, update,
                                   record=True)
     t1 = time.time()
-    # 2. intermediate rewards: r(x_{t-1}) for every step of every rollout
+    # 2. intermediate rewards: r(x_{t-1}) for every step of every rollout, in rollout order
     texts = tasks.step_texts(tokenizer, group.x_pred)  # N lists of T strings
     R = rewards.score_trajectory(texts, cfg.task, group.examples, cfg.format_score)  # (N, T)
     t2 = time.time()
     # 3. Eq. 11 step scores -> Eq. 6 group-relative advantages
-    adv = mdpo.group_advantages(
-        mdpo.step_scores(R), cfg.group_size).to(group.prompt_ids.device)  # (N, T)
+    adv = mdpo.group_advantages(mdpo.step_scores(R), cfg.group_size)  # (N, T)
+    adv = adv.to(group.prompt_ids.device)
     # 4. App. A: the c steps of largest non-zero |A| of each rollout
     sel, valid = mdpo.select_steps(adv, cfg.top_c)  # (N, c) each
     rows = (torch.arange(len(sel), device=sel.device)
-            .repeat_interleave(sel.shape[1])[valid.flatten()])  # (n,)
+            .repeat_interleave(sel.shape[1])[valid.flatten()])  # (n,) the rollout of each row
     steps = sel[valid]  # (n,) the step of each trained (rollout, step) pair
     # 5. micro-batches of (x̄_t, x_{t-1}, A_t): the policy reads x̄_t, is scored on x_{t-1} where
-    # x̄_t is masked
+    # x̄_t is masked. A rank with nothing to train still takes part in every backward (blank rows).
     batches = [trajectory_batch(group, r, s, adv, mask_id)
                for r, s in zip(rows.split(cfg.micro_batch), steps.split(cfg.micro_batch))]
-    # 6. Eq. 4 (with Eq. 5 and 12), normalised over the whole update on every rank
-    # (mdpo.loss_denominators)
-    # nothing to train here; other ranks may have rows, so we still take part in the step
     if not batches:
         first = torch.zeros(1, dtype=torch.long, device=adv.device)  # rollout 0, step 0, as a shape
         batches = [blank_batch(trajectory_batch(group, first, first, adv, mask_id))]
-    counts = per_rank_share([len(rows), sum(b.loss_mask.sum().item() for b in batches), len(R)],
-                            adv.device)
-    loss_fn = mdpo_objective(cfg, *counts)
-    stats = policy_steps(policy, reference, optimizer, batches, loss_fn, cfg, cfg.temperature,
-                         counts[0] > 0)
+    # Eq. 4's normaliser is the whole update's (mdpo.loss_denominators): its trained rows, their
+    # masked tokens, its rollouts, each a per-rank share
+    n_rows, n_tokens, n_rollouts = per_rank_share(
+        [len(rows), sum(b.loss_mask.sum().item() for b in batches), len(R)], adv.device)
+    batches = optimise.prepare(policy, reference, batches, cfg, cfg.temperature, n_rows > 0)
     final = R[:, -1]  # (N,) the reward of the finished completion
-    return {**stats, **rank_means(adv.device, reward=final.mean().item(),
-                                  accuracy=(final == 1).float().mean().item(),
-                                  trained_steps=valid.float().mean().item(),
-                                  adv_abs=(adv[rows, steps].abs().mean().item()
-                                           if len(rows) else 0.0)),
-            "rollout_s": t1 - t0, "reward_s": t2 - t1, "train_s": time.time() - t2}
+    stats = rank_means(adv.device, reward=final.mean().item(),
+                       accuracy=(final == 1).float().mean().item(),
+                       trained_steps=valid.float().mean().item(),
+                       adv_abs=adv[rows, steps].abs().mean().item() if len(rows) else 0.0)
+    if batches is None:
+        stats["no_signal"] = True
+    # 6. Eq. 4 (with Eq. 5 and 12) on every micro-batch, gradients accumulated, one optimiser step
+    # (mu = cfg.inner_steps steps on the same rollouts; the paper's is 1). No advantage on any rank
+    # (batches None): nothing to train.
+    for k in range(cfg.inner_steps if batches is not None else 0):
+        sums = optimise.new_sums()
+        for i, b in enumerate(batches):
+            with optimise.micro_step(policy, i, len(batches), cfg):
+                logp = policy_logp(policy, b, k, cfg.temperature)  # (b, L) log p(x_{t-1} | x̄_t)
+                old, ref = optimise.fixed_logps(b, k, logp)  # (b, L) each (ref: None if beta 0)
+                denom = mdpo.loss_denominators(b.loss_mask, cfg.loss_norm, n_rows, n_tokens,
+                                               n_rollouts)  # (b, 1)
+                loss = mdpo.mdpo_loss(logp, old, ref, b.adv, b.loss_mask, cfg.eps, cfg.beta,
+                                      denom)
+            loss.backward()
+            optimise.tally(sums, loss, logp, old, ref, b, mdpo.kl_k2, cfg.eps)
+        stats.update(optimise.step(policy, optimizer, cfg, sums))
+    return {**stats, "rollout_s": t1 - t0, "reward_s": t2 - t1, "train_s": time.time() - t2}
 
 
 def diffu_grpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_id, generator,
@@ -110,16 +127,27 @@ def diffu_grpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer,
     R = final_rewards(group, tokenizer, cfg)  # (N,)
     t2 = time.time()
     # 3. advantage r - group mean (d1 does not divide by the std)
-    adv = grpo.group_advantages(R, cfg.group_size).to(group.prompt_ids.device)  # (N,)
+    adv = grpo.reward_minus_group_mean(R, cfg.group_size).to(group.prompt_ids.device)  # (N,)
     # 4. every completion token up to its first EOS is trained; one perturbed input per inner step
     loss_mask = grpo.completion_mask(group.completions, tokenizer.eos_token_id)  # (N, L)
     batches = one_step_batches(group, adv, loss_mask, cfg, mask_id, generator)
-    # 5. d1's loss (Eq. 5's clipped surrogate, k3 KL), a mean over every trained token of the update
-    loss_fn = grpo_objective(cfg, per_rank_share([loss_mask.sum().item()], adv.device)[0])
-    # as d1, a batch whose advantages are all 0 is still trained on (its KL term)
-    stats = policy_steps(policy, reference, optimizer, batches, loss_fn, cfg, 1.0, True)
-    return {**stats, **final_reward_stats(R, adv, cfg), "rollout_s": t1 - t0, "reward_s": t2 - t1,
-            "train_s": time.time() - t2}
+    # 5. d1's loss (Eq. 5's clipped surrogate, k3 KL), a mean over every trained token of the
+    # update (per-rank share); as d1, a batch whose advantages are all 0 still trains (its KL)
+    n_tokens = per_rank_share([loss_mask.sum().item()], adv.device)[0]
+    batches = optimise.prepare(policy, reference, batches, cfg, 1.0, True)
+    stats = final_reward_stats(R, adv, cfg)
+    for k in range(cfg.inner_steps):  # mu steps, each on its own perturbed input
+        sums = optimise.new_sums()
+        for i, b in enumerate(batches):
+            with optimise.micro_step(policy, i, len(batches), cfg):
+                logp = policy_logp(policy, b, k, 1.0)  # (b, L) one-step log-probs
+                old, ref = optimise.fixed_logps(b, k, logp)  # (b, L) each
+                loss = grpo.grpo_loss(logp, old, ref, b.adv, b.loss_mask, cfg.eps, cfg.beta,
+                                      n_tokens)
+            loss.backward()
+            optimise.tally(sums, loss, logp, old, ref, b, grpo.kl_k3, cfg.eps)
+        stats.update(optimise.step(policy, optimizer, cfg, sums))
+    return {**stats, "rollout_s": t1 - t0, "reward_s": t2 - t1, "train_s": time.time() - t2}
 
 
 def cj_grpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_id, generator,
@@ -145,7 +173,7 @@ def cj_grpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, ma
     R = final_rewards(group, tokenizer, cfg)  # (N,)
     t2 = time.time()
     # 3. A = r - group mean (EAR's code; its paper also divides by the std), the same at every step
-    adv = grpo.group_advantages(R, cfg.group_size).to(group.prompt_ids.device)  # (N,)
+    adv = grpo.reward_minus_group_mean(R, cfg.group_size).to(group.prompt_ids.device)  # (N,)
     # 4. every step of every rollout, on the tokens it revealed
     revealed = grpo.revealed_per_step(group.x_bar, group.completions, mask_id)  # (T, N, L)
     steps, rows = revealed.any(-1).nonzero(as_tuple=True)  # (n,) each: the (step, rollout) rows
@@ -157,10 +185,20 @@ def cj_grpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, ma
         b = trajectory_batch(group, r, s, adv[:, None].expand(-1, cfg.steps), mask_id)
         b.loss_mask, b.denom = revealed[s, r], denom[s][:, None]  # (b, L), (b, 1)
         batches.append(b)
-    stats = policy_steps(policy, reference, optimizer, batches, cj_grpo_objective(cfg), cfg,
-                         cfg.temperature, True)
-    return {**stats, **final_reward_stats(R, adv, cfg), "rollout_s": t1 - t0, "reward_s": t2 - t1,
-            "train_s": time.time() - t2}
+    batches = optimise.prepare(policy, reference, batches, cfg, cfg.temperature, True)
+    stats = final_reward_stats(R, adv, cfg)
+    for k in range(cfg.inner_steps):
+        sums = optimise.new_sums()
+        for i, b in enumerate(batches):
+            with optimise.micro_step(policy, i, len(batches), cfg):
+                logp = policy_logp(policy, b, k, cfg.temperature)  # (b, L) log p(x_s | x_{s-1})
+                old, ref = optimise.fixed_logps(b, k, logp)  # (b, L) each
+                loss = grpo.cj_grpo_loss(logp, old, ref, b.adv, b.loss_mask, b.denom, cfg.eps,
+                                         cfg.beta)
+            loss.backward()
+            optimise.tally(sums, loss, logp, old, ref, b, grpo.kl_k3, cfg.eps)
+        stats.update(optimise.step(policy, optimizer, cfg, sums))
+    return {**stats, "rollout_s": t1 - t0, "reward_s": t2 - t1, "train_s": time.time() - t2}
 
 
 def igpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_id, generator,
@@ -170,7 +208,7 @@ def igpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_
     solution written into the canvas, and up to 4 verified-correct hinted rollouts replace its first
     ones: the group gets a non-zero advantage instead of none. Hint tokens are trained like
     generated ones, except that the entropy filter keeps only the --igpo-entropy-keep share of them
-    with the highest entropy."""
+    with the highest entropy. The ratio is GSPO's, one per sequence (--igpo-ratio)."""
     t0 = time.time()
     # 1. G completions per prompt
     group = rollouts.sample_group(policy, tokenizer, examples, cfg, mask_id, generator, update,
@@ -187,69 +225,43 @@ def igpo_update(policy, reference, optimizer, examples, cfg, *, tokenizer, mask_
                                    rng, update)
     t1 = time.time()
     # 4. advantage r - group mean
-    adv = grpo.group_advantages(R, cfg.group_size).to(group.prompt_ids.device)  # (N,)
+    adv = grpo.reward_minus_group_mean(R, cfg.group_size).to(group.prompt_ids.device)  # (N,)
     # 5. one-step inputs as diffu-GRPO's; the loss counts every completion token (no EOS cut, as
     # IGPO's code), hint tokens filtered by the old policy's entropy
     everything = torch.ones_like(hint)  # (N, L)
     batches = one_step_batches(group, adv, everything, cfg, mask_id, generator)
     entropy_filtered(policy, batches, hint, cfg)
     n_tokens = per_rank_share([sum(b.loss_mask.sum().item() for b in batches)], adv.device)[0]
-    stats = policy_steps(policy, reference, optimizer, batches, igpo_objective(cfg, n_tokens), cfg,
-                         1.0, True)
-    return {**stats, **final_reward_stats(R, adv, cfg), **rank_means(
+    batches = optimise.prepare(policy, reference, batches, cfg, 1.0, True)
+    stats = {**final_reward_stats(R, adv, cfg), **rank_means(
         adv.device, all_wrong_before_hints=all_wrong.float().mean().item(),
-        replaced=float(hint.any(1).sum().item())),
-        "rollout_s": t1 - t0, "train_s": time.time() - t1}
+        replaced=float(hint.any(1).sum().item()))}
+    for k in range(cfg.inner_steps):
+        sums = optimise.new_sums()
+        for i, b in enumerate(batches):
+            with optimise.micro_step(policy, i, len(batches), cfg):
+                logp = policy_logp(policy, b, k, 1.0)  # (b, L) one-step log-probs
+                old, ref = optimise.fixed_logps(b, k, logp)  # (b, L) each
+                rho = igpo_ratio(logp, old, b, cfg)  # (b, L)
+                loss = grpo.igpo_loss(logp, rho, ref, b.adv, b.loss_mask, n_tokens, cfg.eps,
+                                      cfg.beta)
+            loss.backward()
+            optimise.tally(sums, loss, logp, old, ref, b, grpo.kl_k3, cfg.eps)
+        stats.update(optimise.step(policy, optimizer, cfg, sums))
+    return {**stats, "rollout_s": t1 - t0, "train_s": time.time() - t1}
 
 
 UPDATES = {"mdpo": mdpo_update, "diffu-grpo": diffu_grpo_update, "cj-grpo": cj_grpo_update,
            "igpo": igpo_update}
 
 
-def mdpo_objective(cfg, n_steps, n_tokens, n_rollouts):
-    """Eq. 4 (with Eq. 5 and 12) of one micro-batch, normalised by `mdpo.loss_denominators` over the
-    whole update: its trained (rollout, step) rows, their masked tokens and its rollouts (per rank
-    share). Returns loss_fn(batch, logp, old_logp, ref_logp) -> (loss, the KL estimator), as
-    `policy_steps` takes."""
-    def loss_fn(b, logp, old_logp, ref_logp):
-        denom = mdpo.loss_denominators(b.loss_mask, cfg.loss_norm, n_steps, n_tokens,
-                                       n_rollouts)  # (b, 1)
-        return (mdpo.mdpo_loss(logp, old_logp, ref_logp, b.adv, b.loss_mask, cfg.eps, cfg.beta,
-                               denom), mdpo.kl_k2)
-    return loss_fn
-
-
-def grpo_objective(cfg, n_tokens):
-    """d1's loss of one micro-batch, a mean over all n_tokens trained tokens of the update
-    (per rank share)."""
-    def loss_fn(b, logp, old_logp, ref_logp):
-        loss = grpo.grpo_loss(logp, old_logp, ref_logp, b.adv, b.loss_mask, cfg.eps, cfg.beta,
-                              n_tokens)
-        return loss, grpo.kl_k3
-    return loss_fn
-
-
-def cj_grpo_objective(cfg):
-    """CJ-GRPO's loss of one micro-batch of (rollout, step) rows, each row divided by its step's
-    share of the update's normaliser (b.denom, from grpo.cj_grpo_denominators)."""
-    def loss_fn(b, logp, old_logp, ref_logp):
-        loss = grpo.cj_grpo_loss(logp, old_logp, ref_logp, b.adv, b.loss_mask, b.denom, cfg.eps,
-                                 cfg.beta)
-        return loss, grpo.kl_k3
-    return loss_fn
-
-
-def igpo_objective(cfg, n_tokens):
-    """IGPO's loss of one micro-batch: a per-token ratio, or GSPO's per-sequence one (--igpo-ratio),
-    over the filtered tokens, a mean over the n_tokens of the update (per rank share)."""
-    def loss_fn(b, logp, old_logp, ref_logp):
-        if cfg.igpo_ratio == "sequence":  # the mean runs over the positions the input masks: all L
-            rho = grpo.sequence_ratio(logp, old_logp, torch.ones_like(b.loss_mask))  # (b, L)
-        else:
-            rho = mdpo.ratio(logp, old_logp)  # (b, L)
-        loss = grpo.igpo_loss(logp, rho, ref_logp, b.adv, b.loss_mask, n_tokens, cfg.eps, cfg.beta)
-        return loss, grpo.kl_k3
-    return loss_fn
+def igpo_ratio(logp, old, b, cfg):
+    """IGPO's importance ratio (b, L): GSPO's, one per sequence over every completion position (the
+    positions its estimator input masks; --igpo-ratio sequence, the reference's run scripts), or one
+    per token (--igpo-ratio token)."""
+    if cfg.igpo_ratio == "sequence":
+        return grpo.sequence_ratio(logp, old, torch.ones_like(b.loss_mask))
+    return mdpo.ratio(logp, old)
 
 
 # ---------------------------------------------------------------------------- shared by the updates
@@ -299,7 +311,9 @@ def retry_with_hints(policy, tokenizer, group, R, hint, g, cfg, mask_id, generat
     the hint mask (N, L)."""
     G, rows = cfg.group_size, slice(g * cfg.group_size, (g + 1) * cfg.group_size)
     example = group.examples[g * G]
-    reference = tokenizer.encode(example.get("solution") or example["completion"])
+    # the trace's own tokens: a tokenizer that adds BOS or EOS would put them in the hint
+    reference = tokenizer.encode(example.get("solution") or example["completion"],
+                                 add_special_tokens=False)
     etas = sorted(rng.uniform(0.2, 0.6) for _ in range(G))
     # IGPO leaves 30 of its 256 positions free: the same share
     free_tail = cfg.gen_length * 30 // 256

@@ -3,13 +3,17 @@ numbers by hand, a scripted model on which EOSER delays EOS, and greedy decoding
 transcription of the reference loop (yjyddq/EOSER-ASS-RL eval/generate.py).
 pytest -q tests/test_eoser_ass.py"""
 
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import config
 import remask
+import sample
+import train
 from sample import generate
 
 
@@ -206,3 +210,40 @@ def test_semi_ar_eoser_ramps_over_the_whole_generation(peaked_model, tok):
             )
             checked.append(s)
     assert 0 in checked and 7 in checked
+
+
+def test_a_single_step_has_gamma_one():
+    # T = 1 decodes everything in its one step: the reference's gamma is its maximum, 1
+    assert remask.eoser_gamma(0, 1, 0.01, "ass") == remask.eoser_gamma(0, 1, 0.4, "linear") == 1.0
+
+
+def test_training_flags_for_the_eoser_ass_setting():
+    """The EOSER-ASS paper's setting in train.py's flags: IGPO's GSPO ratio by default, EOSER's
+    training gamma_min 0.01, --schedule with ass (one block of L in floor(log2 L) steps)."""
+    assert config.from_args(["--algo", "igpo"]).igpo_ratio == "sequence"
+    help_text = " ".join(config.parser().format_help().split())
+    assert "--eoser-gamma-min EOSER_GAMMA_MIN" in help_text and "[default: 0.01]" in help_text
+    assert "linear-official,ass}" in help_text
+    cfg = config.from_args(["--algo", "cj-grpo", "--eoser", "--schedule", "ass",
+                            "--block-lengths", "40", "--steps", "5"])
+    assert (cfg.schedule, cfg.eoser_gamma_min, cfg.steps) == ("ass", 0.01, 5)
+    with pytest.raises(SystemExit):
+        config.from_args(["--schedule", "ass", "--steps", "5"])  # two block sizes: not one block
+
+
+def test_cj_grpo_trains_on_eoser_ass_rollouts(tiny, tmp_path, monkeypatch):
+    """--algo cj-grpo --eoser --schedule ass on the toy: rollouts of one block of 40 tokens in
+    floor(log2 40) = 5 steps revealing 1, 2, 4, 8, 25, EOS ranked down from gamma 0.01; CJ-GRPO
+    trains on every one of those steps."""
+    seen, real = [], sample.generate
+    monkeypatch.setattr(sample, "generate", lambda *a, **k: seen.append(k) or real(*a, **k))
+    out = tmp_path / "run"
+    train.main(["--model", str(tiny), "--task", "toy-digits", "--algo", "cj-grpo", "--eoser",
+                "--schedule", "ass", "--block-lengths", "40", "--steps", "5", "--max-updates", "1",
+                "--prompts-per-update", "2", "--group-size", "2", "--inner-steps", "2",
+                "--eval-every", "0", "--n-train", "8", "--out", str(out)])
+    rollout = seen[0]
+    assert (rollout["schedule"], rollout["steps"], rollout["eoser_gamma_min"]) == ("ass", 5, 0.01)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()[1:]]
+    # every one of the 4 rollouts' 40 tokens revealed once, at one of its 5 steps
+    assert [r["step"] for r in rows] == [1] and rows[0]["tokens"] == 4 * 40

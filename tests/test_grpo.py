@@ -35,7 +35,7 @@ def close(a, b, tol=1e-6):
 # advantages ---------------------------------------------------------------------------------------
 
 
-def test_group_advantages_by_hand():
+def test_reward_minus_group_mean_by_hand():
     rewards = torch.tensor(
         [
             1.0,
@@ -66,26 +66,27 @@ def test_group_advantages_by_hand():
         1.5,
         0.0,
     ]  # r - 1
-    assert close(grpo.group_advantages(rewards, 4), expected)
+    assert close(grpo.reward_minus_group_mean(rewards, 4), expected)
 
 
-def test_group_advantages_not_divided_by_std():
+def test_reward_minus_group_mean_not_divided_by_std():
     # mean 1.5 -> (-1.5, +1.5); dividing by the unbiased std sqrt(4.5) = 2.1213 would give -+0.7071
-    assert close(grpo.group_advantages(torch.tensor([0.0, 3.0]), 2), [-1.5, 1.5])
+    assert close(grpo.reward_minus_group_mean(torch.tensor([0.0, 3.0]), 2), [-1.5, 1.5])
 
 
-def test_group_advantages_equal_rewards_exactly_zero():
+def test_reward_minus_group_mean_equal_rewards_exactly_zero():
     # groups of 0.9: the float32 mean of G = 3 or 8 of them can be one ulp off; A must still be
     # exactly 0
     for G in (3, 8):
-        assert torch.equal(grpo.group_advantages(torch.full((2 * G,), 0.9), G), torch.zeros(2 * G))
+        adv = grpo.reward_minus_group_mean(torch.full((2 * G,), 0.9), G)
+        assert torch.equal(adv, torch.zeros(2 * G))
 
 
-def test_group_advantages_rejects_bad_group_size():
+def test_reward_minus_group_mean_rejects_bad_group_size():
     with pytest.raises(ValueError, match="divide N=5"):
-        grpo.group_advantages(torch.zeros(5), 2)
+        grpo.reward_minus_group_mean(torch.zeros(5), 2)
     with pytest.raises(ValueError, match=">= 2"):
-        grpo.group_advantages(torch.zeros(4), 1)
+        grpo.reward_minus_group_mean(torch.zeros(4), 1)
 
 
 # completion mask ----------------------------------------------------------------------------------
@@ -366,7 +367,7 @@ def cj_rows_loss(logp, x_bar, final, adv, chunks):
 
 def test_cj_grpo_first_update_by_hand():
     x_bar, final = cj_case()
-    adv = grpo.group_advantages(torch.tensor([1.0, 0.0]), 2)  # (0.5, -0.5)
+    adv = grpo.reward_minus_group_mean(torch.tensor([1.0, 0.0]), 2)  # (0.5, -0.5)
     logp = torch.log(torch.tensor([0.3, 0.6, 0.9])).expand(2, 2, 3).clone().requires_grad_(True)
     # rows (n, s) in two micro-batches: {(0,0), (1,0), (0,1)} and {(1,1)}
     loss, denom = cj_rows_loss(logp, x_bar, final, adv, [([0, 1, 0], [0, 0, 1]), ([1], [1])])

@@ -397,3 +397,16 @@ def test_select_steps_skips_zero_advantages():
         [True, True, False],
         [False] * 3,
     ]
+
+
+def test_step_scores_worked_example_of_the_docstring():
+    # R = [0, 1, 0, 1] in rollout order: 0 + mean(1, 0, 1), 1 + mean(0, 1), 0 - 1 + 1, 1 - 0 + 1
+    got = mdpo.step_scores(torch.tensor([[0.0, 1.0, 0.0, 1.0]]))
+    assert torch.allclose(got, torch.tensor([[2 / 3, 1.5, 0.0, 2.0]]))
+
+
+def test_clipped_surrogate_refuses_an_advantage_that_would_broadcast_along_the_tokens():
+    logp = torch.zeros(3, 3)  # B == L: a (B,) advantage would broadcast silently, one per token
+    with pytest.raises(ValueError, match=r"adv of shape \(3,\) must be \(B, 1\) or \(B, L\)"):
+        mdpo.clipped_surrogate(logp, logp, torch.ones(3))
+    assert mdpo.clipped_surrogate(logp, logp, torch.ones(3, 1)).shape == (3, 3)

@@ -14,16 +14,16 @@ from torch.profiler import ProfilerActivity, profile
 
 import config
 import distributed
+import mdpo
 import models
 import optimise
 import sample
 import speedups
 import toy
 import train
-import updates
 from conftest import spawn_bounded
 from hf_models import LLADA_SPECIALS, LLAMA3_CHAT, char_tokenizer
-from test_train import fake_batches
+from test_train import fake_batches, mdpo_backward
 import memory
 from memory import GiB, LLADA_8B, Run, Shape, peak_bytes
 from tools import memory as memory_tool
@@ -127,18 +127,19 @@ def test_math_attention_saves_fp32_qkv_and_probabilities():
 
 
 def test_training_forward_saves_what_the_model_says():
-    """One micro-batch through optimise.batch_loss: the blocks, the outside parts and the fp32
-    log-softmax (b, L, V)."""
+    """One micro-batch through mdpo_update's loss (its log-probs, then mdpo.mdpo_loss): the blocks,
+    the outside parts and the fp32 log-softmax (b, L, V)."""
     torch.manual_seed(0)
     toy_config = toy.ToyConfig(d_model=32, n_layers=2, n_heads=4)
     model = toy.ToyMDLM(toy_config)
     cfg = config.Config(temperature=0.7, inner_steps=1, eps=0.2, beta=0.0, loss_norm="token")
     batch = fake_batches(1, b=3, P=5, L=8)[0]
-    loss_fn = updates.mdpo_objective(cfg, 3, 12, 3)
-    got = saved_bytes(
-        lambda: optimise.batch_loss(model, batch, 0, loss_fn, cfg, cfg.temperature),
-        model.parameters(),
-    )
+
+    def loss():
+        logp = optimise.policy_logp(model, batch, 0, cfg.temperature)  # (3, 8)
+        return mdpo.mdpo_loss(logp, logp.detach(), None, batch.adv, batch.loss_mask, cfg.eps,
+                              cfg.beta, 12)
+    got = saved_bytes(loss, model.parameters())
     s, run = memory.toy_shape(toy_config), Run(
         precision="fp32",
         micro_batch=3,
@@ -306,10 +307,7 @@ def test_model_bytes_equal_the_trainers_tensors(tmp_path):
     model, wrapped, ref, _, _ = train.build(cfg, 0, 1, torch.device("cpu"))
     batches = fake_batches(2)
     optimise.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
-    loss_fn = updates.mdpo_objective(cfg, 6, 24, 6)
-    optimise.backward(
-        wrapped, batches, lambda b: optimise.batch_loss(wrapped, b, 0, loss_fn, cfg, 0.7), cfg
-    )
+    mdpo_backward(wrapped, batches, cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     optimizer.step()
     s = memory.toy_shape(toy_config)

@@ -18,20 +18,12 @@ import sample
 import toy
 import train
 import optimise
-import updates
 from conftest import ROOT, run_bounded, spawn_bounded
-from test_train import fake_batches
+from test_train import fake_batches, mdpo_backward
 
 CFG = config.Config(
     algo="mdpo", temperature=0.7, inner_steps=1, eps=0.2, beta=0.05, loss_norm="token", fsdp=True
 )
-
-
-def mdpo_loss_of(wrapped, batches, cfg):
-    """batch -> updates.batch_loss at inner step 0, normalised over these batches' tokens (one
-    rank's share)."""
-    loss_fn = updates.mdpo_objective(cfg, 0, sum(b.loss_mask.sum().item() for b in batches), 0)
-    return lambda b: optimise.batch_loss(wrapped, b, 0, loss_fn, cfg, cfg.temperature)
 
 
 def fsdp_worker(rank, world, init_file, out_dir, precision):
@@ -42,24 +34,13 @@ def fsdp_worker(rank, world, init_file, out_dir, precision):
     model, wrapped, ref, tok, mask_id = train.build(cfg, rank, world, torch.device("cpu"))
     batches = fake_batches(3, seed=rank)
     optimise.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
-    held, loss_of = [], mdpo_loss_of(wrapped, batches, cfg)
+    held = []
 
-    def recording_loss_of(
-        b,
-    ):  # before each micro-batch: which parameters hold a gradient, and of what size
-        held.append(
-            [
-                (
-                    p.grad is not None,
-                    p.grad.to_local().numel() if p.grad is not None else 0,
-                    p.numel(),
-                )
-                for p in model.parameters()
-            ]
-        )
-        return loss_of(b)
+    def record(b):  # before each micro-batch: which parameters hold a gradient, and of what size
+        held.append([(p.grad is not None, p.grad.to_local().numel() if p.grad is not None else 0,
+                      p.numel()) for p in model.parameters()])
 
-    totals = optimise.backward(wrapped, batches, recording_loss_of, cfg)
+    totals = mdpo_backward(wrapped, batches, cfg, before_each=record)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     optimizer.step()
     ck = os.path.join(out_dir, "ck")
@@ -162,7 +143,7 @@ def test_bf16_rollouts_and_training_forwards_on_cpu(tmp_path, tok):
         seen.clear()
         batches = fake_batches(2)
         optimise.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
-        totals = optimise.backward(wrapped, batches, mdpo_loss_of(wrapped, batches, cfg), cfg)
+        totals = mdpo_backward(wrapped, batches, cfg)
         assert (
             set(seen) == {dtype} and totals["kl"] == 0.0
         )  # KL sum 0 at the start, in either precision
@@ -243,7 +224,7 @@ def test_activation_checkpointing_gives_the_same_gradients(tmp_path):
         blocks = distributed.blocks(model)
         assert len(blocks) == 2 and all(("checkpoint" in repr(b.forward)) == on for b in blocks)
         batches = fake_batches(2)
-        optimise.backward(wrapped, batches, mdpo_loss_of(wrapped, batches, cfg), cfg)
+        mdpo_backward(wrapped, batches, cfg)
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-5, atol=1e-7)

@@ -1,6 +1,7 @@
 """train.py: DDP gradients, kill-and-resume, a short MDPO run, bad input.
 pytest -q tests/test_train.py"""
 
+import copy
 import dataclasses
 import json
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from argparse import Namespace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,11 +19,12 @@ import torch.distributed as dist
 import checkpoint
 import config
 import eval as evaluation
-import grpo
 import mdpo
+import optimise
+import rewards
+import rollouts
 import tasks
 import toy
-import optimise
 import updates
 from conftest import ROOT, run_bounded, spawn_bounded
 
@@ -54,55 +57,96 @@ CFG = config.Config(inner_steps=1, eps=0.2, beta=0.0, loss_norm="token", grad_cl
 GRPO_CFG = dataclasses.replace(CFG, algo="diffu-grpo", eps=0.5)
 
 
-def grpo_batches(n):
-    """fake_batches as diffu-GRPO micro-batches: the same tokens, scored with d1's loss."""
-    return fake_batches(n, seed=1)
+def mdpo_backward(wrapped, batches, cfg, before_each=None):
+    """mdpo_update's micro-batch loop (inner step 0, no optimiser step) on micro-batches made by
+    hand: the forward and backward of each, normalised over these batches' tokens. Returns
+    optimise.tally's sums (loss, kl, clipped, tokens)."""
+    n_tokens = sum(b.loss_mask.sum().item() for b in batches)
+    sums = optimise.new_sums()
+    for i, b in enumerate(batches):
+        if before_each is not None:
+            before_each(b)
+        with optimise.micro_step(wrapped, i, len(batches), cfg):
+            logp = optimise.policy_logp(wrapped, b, 0, cfg.temperature)  # (b, L)
+            old, ref = optimise.fixed_logps(b, 0, logp)
+            denom = mdpo.loss_denominators(b.loss_mask, "token", 0, n_tokens, 0)
+            loss = mdpo.mdpo_loss(logp, old, ref, b.adv, b.loss_mask, cfg.eps, cfg.beta, denom)
+        loss.backward()
+        optimise.tally(sums, loss, logp, old, ref, b, mdpo.kl_k2, cfg.eps)
+    return sums
 
 
+# ------------------------------------------------------- every update: DDP == one process
 ALGOS = {
-    "mdpo": CFG,
-    "diffu-grpo": GRPO_CFG,
-    "cj-grpo": dataclasses.replace(CFG, algo="cj-grpo", eps=0.5),
-    "igpo": dataclasses.replace(CFG, algo="igpo"),
-    "igpo-sequence": dataclasses.replace(CFG, algo="igpo", igpo_ratio="sequence"),
+    "mdpo": dataclasses.replace(CFG, algo="mdpo", beta=0.05),
+    "diffu-grpo": dataclasses.replace(GRPO_CFG, beta=0.05, inner_steps=2, p_mask=0.0),
+    "cj-grpo": dataclasses.replace(CFG, algo="cj-grpo", eps=0.5, beta=0.05, inner_steps=2),
+    "igpo": dataclasses.replace(CFG, algo="igpo", beta=0.05, inner_steps=2, p_mask=0.0),
+    "igpo-token": dataclasses.replace(CFG, algo="igpo", igpo_ratio="token", inner_steps=2,
+                                      p_mask=0.0),
 }
+UPDATE_CFG = dict(task="toy-arith", group_size=4, gen_length=8, block_lengths=(8,), steps=4,
+                  micro_batch=4, temperature=0.7)
 
 
-def objective(name, mine, cfg):
-    """The update's loss function for this rank's micro-batches, its normalisers shared over ranks
-    as the update functions share them. CJ-GRPO: row j of every micro-batch stands for step j."""
-    n_tokens = optimise.per_rank_share([sum(b.loss_mask.sum().item() for b in mine)], "cpu")[0]
-    if name == "cj-grpo":
-        step_tokens = optimise.per_rank_share(
-            sum(b.loss_mask.sum(1).float() for b in mine).tolist(), "cpu"
-        )
-        denom = grpo.cj_grpo_denominators(torch.tensor(step_tokens))  # (3,), one per step
-        for b in mine:
-            b.denom = denom[:, None]  # (3, 1)
-        return updates.cj_grpo_objective(cfg)
-    if name.startswith("igpo"):
-        return updates.igpo_objective(cfg, n_tokens)
-    if name == "mdpo":
-        return updates.mdpo_objective(cfg, 0, n_tokens, 0)
-    return updates.grpo_objective(cfg, n_tokens)
+def fixed_group(policy, tokenizer, examples, cfg, mask_id, generator, update, record):
+    """What rollouts.sample_group returns, made without a model: each example's G completions and
+    their trajectories (L // T tokens revealed a step, in an order of their own) are fixed by the
+    example's "id" alone, so a rank holding some examples sees what one process holding all sees."""
+    G, L, T, P = cfg.group_size, cfg.gen_length, cfg.steps, 5
+    prompts, completions, x_bar = [], [], []
+    for ex in examples:
+        g = torch.Generator().manual_seed(ex["id"])
+        prompt = torch.randint(5, 40, (P,), generator=g)
+        for _ in range(G):
+            completion = torch.randint(5, 40, (L,), generator=g)  # (L,)
+            order = torch.randperm(L, generator=g)  # the reveal order
+            states = completion.repeat(T, 1)  # (T, L): the state fed to step s
+            for s in range(T):
+                states[s, order[s * L // T:]] = mask_id
+            prompts.append(prompt)
+            completions.append(completion)
+            x_bar.append(states)
+    completions = torch.stack(completions)  # (N, L)
+    x_bar = torch.stack(x_bar, 1) if record else None  # (T, N, L)
+    x_pred = completions.expand(T, -1, -1).clone() if record else None  # (T, N, L)
+    N = len(completions)
+    return rollouts.Group(torch.stack(prompts), torch.ones(N, P + L, dtype=torch.long),
+                          completions, x_bar, x_pred, [ex for ex in examples for _ in range(G)])
 
 
-def weights_after_one_step(world, rank):
-    """The weights after one optimiser step (SGD, lr 1) of each algorithm on 4 micro-batches, split
-    over `world` ranks (2 each on 2 ranks): policy_steps with the update's normaliser shared over
-    ranks.
-    """
-    out = {}
+def fixed_rewards(group, cfg):
+    """Rewards of a fixed group that depend on the example and the row in its group only: rollout j
+    of example i is right when i + j is odd, and its step s scores (i + j + s) % 3 == 0."""
+    j = torch.arange(len(group.examples)) % cfg.group_size  # (N,)
+    ids = torch.tensor([ex["id"] for ex in group.examples])  # (N,)
+    steps = torch.arange(cfg.steps)  # (T,)
+    final = ((ids + j) % 2).float()  # (N,)
+    trajectory = (((ids + j)[:, None] + steps) % 3 == 0).float()  # (N, T)
+    return final, trajectory
+
+
+def weights_after_one_update(world, rank):
+    """The weights after one update of each algorithm (updates.py, SGD with lr 1) on 4 prompts of a
+    fixed group, 2 each on 2 DDP ranks (world 2) or all 4 in one process, the rollouts and rewards
+    fixed (fixed_group, fixed_rewards): the update's advantages, micro-batches, normalisers over
+    ranks, accumulation and step are the real ones."""
+    tok, out = toy.ToyTokenizer(), {}
+    updates.final_rewards = lambda group, tokenizer, cfg: fixed_rewards(group, cfg)[0]
+    rewards.score_trajectory = lambda texts, task, examples, fs: fixed_rewards(
+        SimpleNamespace(examples=examples), config.Config(**UPDATE_CFG))[1]
+    rollouts.sample_group = fixed_group
+    examples = [{"id": i, "prompt": str(i), "answer": "0"} for i in range(4)]
+    mine = examples[2 * rank: 2 * rank + 2] if world > 1 else examples
     for name, cfg in ALGOS.items():
-        batches = grpo_batches(4) if name != "mdpo" else fake_batches(4)
+        cfg = dataclasses.replace(cfg, **UPDATE_CFG)
         torch.manual_seed(0)
         model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
+        reference = copy.deepcopy(model).requires_grad_(False) if cfg.beta > 0 else None
         wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-        mine = batches[2 * rank : 2 * rank + 2] if world > 1 else batches
-        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-        optimise.policy_steps(
-            wrapped, None, optimizer, mine, objective(name, mine, cfg), cfg, 0.7, True
-        )
+        updates.UPDATES[cfg.algo](wrapped, reference, torch.optim.SGD(model.parameters(), lr=1.0),
+                                  mine, cfg, tokenizer=tok, mask_id=tok.mask_token_id,
+                                  generator=torch.Generator().manual_seed(rank))
         out[name] = {k: v.detach().clone() for k, v in model.named_parameters()}
         del wrapped
     return out
@@ -110,15 +154,21 @@ def weights_after_one_step(world, rank):
 
 def ddp_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.save(weights_after_one_step(world, rank), os.path.join(out_dir, f"weights{rank}.pt"))
+    torch.save(weights_after_one_update(world, rank), os.path.join(out_dir, f"weights{rank}.pt"))
     train.distributed.cleanup_distributed()
+
+
+def one_process_worker(rank, out_dir):
+    torch.save(weights_after_one_update(1, 0), os.path.join(out_dir, "single.pt"))
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
-    """Every algorithm: DDP over 2 ranks with 2 micro-steps each == 1 process with 4 micro-steps."""
+    """Every algorithm's update function: DDP over 2 ranks, 2 prompts and 2 micro-batches each ==
+    1 process with 4 prompts and 4 micro-batches (the update's normalisers shared over ranks)."""
     spawn_bounded(ddp_worker, (2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, timeout=90)
-    single = weights_after_one_step(1, 0)
+    spawn_bounded(one_process_worker, (str(tmp_path),), nprocs=1, timeout=90)
+    single = torch.load(tmp_path / "single.pt")
     torch.manual_seed(0)
     init = dict(toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).named_parameters())
     for rank in range(2):
@@ -127,7 +177,7 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
             assert single[name].keys() == ddp[name].keys()
             for k in single[name]:
                 torch.testing.assert_close(ddp[name][k], single[name][k], rtol=1e-5, atol=1e-7)
-            assert any(not torch.equal(v, init[k]) for k, v in single[name].items())
+            assert any(not torch.equal(v, init[k]) for k, v in single[name].items()), name
 
 
 def run_train(*argv, wait=True):
@@ -354,7 +404,6 @@ def test_inner_steps_recompute_old_log_probs_so_the_first_ratio_is_one(tok):
     b = fake_batches(1)[0]
     cfg = dataclasses.replace(CFG, inner_steps=2)
     n = b.loss_mask.sum().item()
-    loss_fn = updates.mdpo_objective(cfg, 1, n, 1)
     optimise.fix_log_probs(model, None, [b], cfg, 0.7)
     with torch.no_grad():
         logp = mdpo.token_logp(
@@ -363,13 +412,13 @@ def test_inner_steps_recompute_old_log_probs_so_the_first_ratio_is_one(tok):
             0.7,
         )
     assert torch.equal(b.old_logp[0], logp)  # the same forward: ratio exactly 1
-    assert optimise.batch_loss(model, b, 0, loss_fn, cfg, 0.7)[2] == 0  # nothing clipped
-    b.old_logp = [
-        logp - 0.5 * b.adv.sign()
-    ]  # ratio e^0.5 = 1.65 > 1.2 where A > 0, 0.61 < 0.8 where A < 0
-    assert (
-        optimise.batch_loss(model, b, 1, loss_fn, cfg, 0.7)[2] == n
-    )  # every masked token is clipped
+    now = optimise.policy_logp(model, b, 0, 0.7)
+    old, _ = optimise.fixed_logps(b, 0, now)
+    assert mdpo.clip_fraction(now, old, b.adv, b.loss_mask, cfg.eps) == 0  # nothing clipped
+    # ratio e^0.5 = 1.65 > 1.2 where A > 0, 0.61 < 0.8 where A < 0: every masked token is clipped
+    b.old_logp = [logp - 0.5 * b.adv.sign()]
+    old, _ = optimise.fixed_logps(b, 1, now)
+    assert mdpo.clip_fraction(now, old, b.adv, b.loss_mask, cfg.eps) * n == n
 
 
 def test_prompt_order_draws_every_prompt_once_per_epoch():

@@ -8,6 +8,7 @@ import dataclasses
 import torch
 
 import config
+import grpo
 import optimise
 import rewards
 import rollouts
@@ -33,15 +34,16 @@ def tiny():
 
 
 def capture(monkeypatch):
-    """Record the micro-batches and stats of every policy_steps call (the real one still runs)."""
-    seen, real = [], optimise.policy_steps
+    """Record the micro-batches an update trains on: what every optimise.prepare call returns (the
+    real one still runs)."""
+    seen, real = [], optimise.prepare
 
-    def spy(policy, reference, optimizer, batches, loss_fn, cfg, temperature, has_signal):
-        stats = real(policy, reference, optimizer, batches, loss_fn, cfg, temperature, has_signal)
-        seen.append((batches, stats))
-        return stats
+    def spy(policy, reference, batches, cfg, temperature, has_signal):
+        batches = real(policy, reference, batches, cfg, temperature, has_signal)
+        seen.append(batches)
+        return batches
 
-    monkeypatch.setattr(updates, "policy_steps", spy)
+    monkeypatch.setattr(optimise, "prepare", spy)
     return seen
 
 
@@ -67,7 +69,7 @@ def test_cj_grpo_trains_every_step_on_the_tokens_it_revealed_and_starts_at_ratio
         mask_id=tok.mask_token_id,
         generator=torch.Generator().manual_seed(0),
     )
-    batches, _ = seen[0]
+    batches = seen[0]
     N, L, T = 8, cfg.gen_length, cfg.steps
     # LCR reveals every position exactly once, 2 a step: the rows' loss masks cover each token once
     assert sum(b.loss_mask.sum().item() for b in batches) == N * L
@@ -136,7 +138,7 @@ def test_igpo_retries_only_all_wrong_groups_with_hints_in_the_completion(tok, mo
         and stats["replaced"] == 2.0
         and stats["all_wrong"] == 0.0
     )
-    batches, _ = seen[0]
+    batches = seen[0]
     assert sum(len(b.targets) for b in batches) == 8  # the group size is kept
     # retries 0 and 2 were correct: they are now rows 4 and 5, holding their hints where their
     # canvas had them
@@ -166,3 +168,26 @@ def test_igpo_leaves_groups_with_a_correct_rollout_alone(tok, monkeypatch):
         generator=torch.Generator().manual_seed(0),
     )
     assert calls == [] and stats["replaced"] == 0.0 and stats["all_wrong_before_hints"] == 0.0
+
+
+def test_igpo_hints_hold_no_special_token_of_the_tokenizer(tok, monkeypatch):
+    """The reference solution is tokenised without special tokens: a tokenizer that adds a BOS by
+    default must not put it in the hint."""
+    class AddsBos(toy.ToyTokenizer):
+        def encode(self, text, add_special_tokens=True):
+            return ([self.eos_token_id] if add_special_tokens else []) + super().encode(text)
+
+    bos_adding, traces, real_canvas = AddsBos(), [], grpo.hint_canvas
+
+    def canvas(reference_ids, *args, **kwargs):
+        traces.append(list(reference_ids))
+        return real_canvas(reference_ids, *args, **kwargs)
+
+    monkeypatch.setattr(grpo, "hint_canvas", canvas)
+    monkeypatch.setattr(rewards, "reward", lambda task, text, ex, fs=0.0: 0.0)  # all wrong: retry
+    policy = tiny()
+    cfg = dataclasses.replace(CFG, algo="igpo", p_mask=0.0, beta=0.0)
+    updates.igpo_update(policy, None, torch.optim.SGD(policy.parameters(), lr=0.1),
+                        toy.make_task("toy-arith", 1, 0, "train"), cfg, tokenizer=bos_adding,
+                        mask_id=tok.mask_token_id, generator=torch.Generator().manual_seed(0))
+    assert traces and all(bos_adding.eos_token_id not in t for t in traces)

@@ -19,8 +19,8 @@ returns (N,) estimates with grad and its cost in forwards per rollout:
 All are scored at the rollout temperature (`mdpo.token_logp`): like for like with the exact value.
 Each is compared with the exact value (bias, spread, Pearson r) and by the cosine of its REINFORCE
 gradient sum_n A_n grad est_n with the exact one (`policy_gradient`), A the group-relative advantage
-of the final reward (`grpo.group_advantages`). A first run trains the toy base (train.py's SFT, a
-few minutes on 2 cores); with it, the full run takes about 2 minutes, --quick under 20 s.
+of the final reward (`grpo.reward_minus_group_mean`). A first run trains the toy base (train.py's
+SFT, a few minutes on 2 cores); with it, the full run takes about 2 minutes, --quick under 20 s.
 """
 import argparse
 import functools
@@ -351,7 +351,7 @@ def ensure_base(path):
 def measure(model, tok, examples, block_length, named, generator, bar):
     """Rollouts at one block length and every estimator on them -> the numbers of the report."""
     group, exact, R = sample_rollouts(model, tok, examples, block_length, generator)
-    adv = grpo.group_advantages(R, RL.group_size)  # (N,)
+    adv = grpo.reward_minus_group_mean(R, RL.group_size)  # (N,)
     bar.update(1)
     results = run_estimators(model, group, adv, named, generator, bar)
     exact_grad = results[EXACT][1]  # (n_params,)

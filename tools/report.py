@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tools import plots
+import plots
 
 COLUMNS = [(10, 16), (10, 8), (40, 16), (40, 8)]  # (block size, steps)
 # The criterion's first registration (reproduce.py's budget was then 48 optimiser steps); its

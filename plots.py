@@ -1,7 +1,7 @@
 """Every figure of the project, drawn from the files the runs write (log.jsonl, eval.py's
 statistics).
 
-python tools/plots.py out/run   # out/run/log.jsonl -> out/run/plot.png (train.py draws it too)
+python plots.py out/run   # out/run/log.jsonl -> out/run/plot.png (train.py draws it too)
 """
 
 import json
@@ -108,5 +108,5 @@ def curves_over_seeds(series, title, xlabel, ylabel, png, log_x=False):
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "log.jsonl").exists():
-        sys.exit("usage: python tools/plots.py RUN_DIR   (a directory holding log.jsonl)")
+        sys.exit("usage: python plots.py RUN_DIR   (a directory holding log.jsonl)")
     print(training_curves(Path(sys.argv[1]) / "log.jsonl", Path(sys.argv[1]) / "plot.png"))
