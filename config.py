@@ -120,7 +120,7 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
              "directory / HF name (paper: GSAI-ML/LLaDA-8B-Instruct)",
     **models.LOADING_HELP,
     "task": "reward and held-out set: " + ", ".join(tasks.TASKS),
-    "train_file": "training prompts (.jsonl / .csv, formats in README), e.g. the paper's "
+    "train_file": "training prompts (.jsonl / .csv, formats in USAGE.md), e.g. the paper's "
                   "over-denoising subset ../shared/data/math_overdenoising_llada_epoch1.csv; "
                   "toy tasks generate theirs",
     "eval_data": "held-out set of --eval-every (toy tasks: the val split; else the task's file)",

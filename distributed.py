@@ -7,6 +7,7 @@ torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them a script is one plai
 import collections
 import gc
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -80,6 +81,14 @@ def in_turn(fn):
             result = fn()
         barrier()
     return result
+
+
+def progress(**kwargs):
+    """A tqdm bar. When stderr is not a terminal (a log file), a line at most every 30 s instead of
+    a redraw at every update."""
+    if not sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 30)
+    return tqdm(**kwargs)
 
 
 def print0(*a):

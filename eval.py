@@ -34,7 +34,6 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import checkpoint
 import config
@@ -65,7 +64,7 @@ def evaluate(model, tokenizer, examples, task, *, gen_length, block_length, step
     """
     device = next(model.parameters()).device
     texts, out = tasks.prompt_texts(task, examples), []
-    with tqdm(total=len(examples), desc=desc, disable=not progress) as bar:
+    with distributed.progress(total=len(examples), desc=desc, disable=not progress) as bar:
         for start in range(0, len(examples), batch_size):
             batch = examples[start:start + batch_size]
             ids, attn = models.encode_prompts(tokenizer, texts[start:start + batch_size],
@@ -143,7 +142,8 @@ def compare(checkpoints, examples, args, rank, world, device):
     per column saying before -> after."""
     cols = [(r, b) for b in args.block_lengths for r in ("lcr", "rcr", "rcr-latest")]
     accuracies = {}
-    with tqdm(total=len(checkpoints) * len(cols), desc="test accuracy", disable=rank != 0) as bar:
+    with distributed.progress(total=len(checkpoints) * len(cols), desc="test accuracy",
+                              disable=rank != 0) as bar:
         for name, path in checkpoints.items():
             model, tok = models.load_model(str(path), device, torch.float32, args.trust_remote_code,
                                            args.shifted_logits)

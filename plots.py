@@ -24,12 +24,17 @@ CURVES = [  # (log key, panel title, y label)
 
 def training_curves(log_path, png):
     """A run's log.jsonl -> one panel per logged quantity against the update (raw, and a running
-    mean over 10 updates). Quantities that never vary (the clipped share at mu = 1) are left out.
-    Returns png.
+    mean over 10 updates), titled with the run's algorithm and task. Quantities that never vary
+    (the clipped share at mu = 1) are left out. The held-out accuracy starts at update 0, the
+    starting model, and its label names the decoding (train.py's VAL_REMASKING). Returns png.
     """
-    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines()[1:]]
+    lines = Path(log_path).read_text().splitlines()
+    cfg, rows = json.loads(lines[0])["config"], [json.loads(line) for line in lines[1:]]
+    decoding = f"greedy, LCR, B={cfg['block_lengths'][0]}, T={cfg['steps']}"
     panels = []
     for key, title, ylabel in CURVES:
+        if key == "eval_accuracy":
+            ylabel = f"val accuracy ({decoding})"
         points = [(r["step"], r[key]) for r in rows if key in r]
         if points and len({v for _, v in points}) > 1:
             panels.append((key, title, ylabel, points))
@@ -49,7 +54,7 @@ def training_curves(log_path, png):
         ax.set(title=title, xlabel="update", ylabel=ylabel)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
-    fig.suptitle(f"{Path(log_path).parent}", fontsize=9)
+    fig.suptitle(f"{cfg['algo']} on {cfg['task']} ({Path(log_path).parent})", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)

@@ -117,7 +117,12 @@ def _example(row, kind, where):
         return row[key]
 
     if kind == "math":
-        q, a = next((f for f in MATH_FIELDS if f[0] in row), MATH_FIELDS[-1])
+        pair = next((f for f in MATH_FIELDS if f[0] in row), None)
+        if pair is None:
+            names = " or ".join(f'"{q}"' for q, _ in MATH_FIELDS)
+            raise ValueError(f"{where}: no question: needs {names} (and its answer); "
+                             f"found {sorted(row)}")
+        q, a = pair
         return {"prompt": str(field(q)), "answer": str(field(a))}
     fn, ft = ("numbers", "target") if "prompt" in row else ("input", "output")
     numbers, target = field(fn), field(ft)

@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 import transformers
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 import checkpoint
 import config
@@ -153,14 +152,18 @@ def train(cfg, examples, eval_examples, resume_from, rank, world, device):
     step, pos, best = 0, 0, -1.0
     if resume_from is not None:
         step, pos, best = restore(resume_from, policy, optimizer, gen, cfg, rank, world)
+        print0(f"resuming from {resume_from} (update {step} of {cfg.max_updates})")
     if cfg.algo != "sft" and cfg.prefilter == "overdenoise":  # Section 3.3
         examples = evaluation.prefilter(policy.eval(), tok, examples, cfg, mask_id, rank, world)
     log = start_log(cfg, resume_from, step, rank)
+    if cfg.eval_every and step == 0:  # the starting model: the val curve's update 0
+        log({"step": 0, "eval_accuracy": val_accuracy(policy, tok, eval_examples, cfg, mask_id,
+                                                      rank, world)})
     per_rank = (cfg.prompts_per_update // world if cfg.algo != "sft"
                 else max(cfg.micro_batch // world, 1))
     first = step
-    bar = tqdm(total=cfg.max_updates, initial=step, desc=f"{cfg.algo} {cfg.task}",
-               disable=rank != 0)
+    bar = distributed.progress(total=cfg.max_updates, initial=step,
+                               desc=f"{cfg.algo} {cfg.task}", disable=rank != 0)
     while step < cfg.max_updates:
         batch = [examples[tasks.prompt_order(pos + rank * per_rank + i, len(examples), cfg.seed)]
                  for i in range(per_rank)]
@@ -169,10 +172,8 @@ def train(cfg, examples, eval_examples, resume_from, rank, world, device):
         step += 1
         stats["step"] = step
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_updates):
-            stats["eval_accuracy"] = evaluation.sharded_accuracy(
-                policy.eval(), tok, eval_examples, cfg, mask_id, "lcr", cfg.block_lengths[0],
-                rank, world)[0]
-            distributed.back_to_training(policy, cfg.fsdp)
+            stats["eval_accuracy"] = val_accuracy(policy, tok, eval_examples, cfg, mask_id, rank,
+                                                  world)
         if step % cfg.save_every == 0 or step == cfg.max_updates or "eval_accuracy" in stats:
             best = save(cfg, policy, tok, optimizer, gen, step, pos, best,
                         stats.get("eval_accuracy"), rank)
@@ -182,6 +183,20 @@ def train(cfg, examples, eval_examples, resume_from, rank, world, device):
         bar.update(1)
     bar.close()
     return out / "last", step - first
+
+
+# The held-out (val) curve's decoding: greedy, LLaDA's low-confidence remasking, the rollouts' first
+# block size and steps (toy: B = 10, T = 16)
+VAL_REMASKING = "lcr"
+
+
+def val_accuracy(policy, tok, examples, cfg, mask_id, rank, world):
+    """Greedy accuracy on the held-out set with VAL_REMASKING and block size
+    cfg.block_lengths[0]; the policy is back in training mode after."""
+    accuracy = evaluation.sharded_accuracy(policy.eval(), tok, examples, cfg, mask_id,
+                                           VAL_REMASKING, cfg.block_lengths[0], rank, world)[0]
+    distributed.back_to_training(policy, cfg.fsdp)
+    return accuracy
 
 
 def run_update(cfg, wrapped, reference, optimizer, batch, tok, mask_id, gen, step):
@@ -293,12 +308,19 @@ def start_log(cfg, resume_from, step, rank):
 
 def before_after_table(cfg, final, examples, n_new, rank, world, device):
     """The toy pipeline's result: greedy test accuracy of the base and of the trained model, with
-    LCR and both RCRs at every block size (OUT/table.md, printed). A finished run's table is not
-    computed again."""
+    LCR and both RCRs at every block size (OUT/table.md, printed). The trained model is the one
+    the val curve picks, OUT/best (the update of highest val accuracy), else OUT/last. A finished
+    run's table is not computed again."""
     table = Path(cfg.out) / "table.md"
+    best = Path(cfg.out) / "best"
+    trained = best if (best / "trainer_state.pt").exists() else final
     if n_new or not table.exists():
-        print0(f"scoring the base and the trained model on {len(examples)} test problems")
-        text = evaluation.compare({"toy base (SFT, Eq. 1)": cfg.model, f"+ {cfg.algo}": str(final)},
+        update = checkpoint.saved_step(trained)
+        print0(f"scoring the base and the trained model ({trained}, update {update}) on "
+               f"{len(examples)} test problems")
+        name = f"+ {cfg.algo} ({trained.name}: update {update}"
+        name += ", the best val accuracy)" if trained == best else ")"
+        text = evaluation.compare({"toy base (SFT, Eq. 1)": cfg.model, name: str(trained)},
                                   examples, cfg, rank, world, device)
         if rank == 0:
             table.write_text(text)

@@ -382,6 +382,8 @@ def update_phases(quick):
                     "0.1",
                     "--n-train",
                     "256",
+                    "--eval-every",
+                    "0",
                     "--out",
                     str(Path(tmp) / algo),
                 ]

@@ -39,9 +39,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 import config  # noqa: E402
+import distributed  # noqa: E402
 import grpo  # noqa: E402
 import mdpo  # noqa: E402
 import models  # noqa: E402
@@ -398,7 +398,8 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(args.seed)
     n_chunks = -(-n_prompts * RL.group_size // CHUNK)
     measured = {}
-    with tqdm(total=len(blocks) * (1 + n_chunks * len(named)), desc="estimators") as bar:
+    with distributed.progress(total=len(blocks) * (1 + n_chunks * len(named)),
+                              desc="estimators") as bar:
         for block in blocks:
             measured[block] = measure(model, tok, examples, block, named, generator, bar)
     command = " ".join(["python tools/estimators.py", *(sys.argv[1:] if argv is None else argv)])

@@ -33,6 +33,7 @@ from tqdm import tqdm  # noqa: E402
 
 import checkpoint  # noqa: E402
 import config  # noqa: E402
+import distributed  # noqa: E402
 import eval as evaluation  # noqa: E402
 import models  # noqa: E402
 import rewards  # noqa: E402
@@ -255,7 +256,7 @@ def stage(pool, bar, jobs):
     for future in concurrent.futures.as_completed(futures):
         key, minutes = futures[future]
         results[key] = future.result()
-        bar.set_description(" ".join(map(str, key)))
+        bar.set_description(key if isinstance(key, str) else " ".join(map(str, key)))
         bar.update(minutes)
     return results
 
@@ -466,7 +467,7 @@ def main(argv=None):
     fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} work-min [{elapsed}<{remaining}]"
     with (
         concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool,
-        tqdm(total=round(estimate(cfg)), bar_format=fmt) as bar,
+        distributed.progress(total=round(estimate(cfg)), bar_format=fmt) as bar,
     ):
         res = run_all(cfg, out, pool, bar)
     command = "python tools/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
