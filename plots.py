@@ -90,13 +90,19 @@ def curves_over_seeds(series, title, xlabel, ylabel, png, log_x=False):
     """Learning curves, one colour per name, the mean over seeds as a line and min..max as a band.
 
     series: {name: [[(x, y), ...] one list per seed]}; seeds may stop at different x (only the x
-    every seed has are drawn)."""
+    every seed has are drawn). Seeds whose x differ (IGPO's rollouts, which depend on its retries)
+    are matched point by point instead, at the mean of their x."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for i, (name, runs) in enumerate(series.items()):
         xs = sorted(set.intersection(*[{x for x, _ in run} for run in runs]))
+        if len(xs) < min(len(run) for run in runs):  # x differ between seeds: match by position
+            n = min(len(run) for run in runs)
+            xs = [sum(run[j][0] for run in runs) / len(runs) for j in range(n)]
+            ys = [[run[j][1] for run in runs] for j in range(n)]
+        else:
+            ys = [[dict(run)[x] for run in runs] for x in xs]
         if not xs:
             continue
-        ys = [[dict(run)[x] for run in runs] for x in xs]
         mean = [sum(v) / len(v) for v in ys]
         ax.plot(xs, mean, color=f"C{i}", marker=".", label=f"{name} ({len(runs)} seeds)")
         if len(runs) > 1:

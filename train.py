@@ -35,6 +35,7 @@ import checkpoint
 import config
 import distributed
 import eval as evaluation
+import ledger
 import memory
 import models
 import rewards
@@ -147,6 +148,10 @@ def train(cfg, examples, eval_examples, resume_from, rank, world, device):
                "nothing to train")
         return out / "last", 0
     policy, wrapped, reference, tok, mask_id = build(cfg, rank, world, device)
+    counts = {}  # the compute ledger: this rank's forwards and tokens so far
+    ledger.count_forwards(policy, counts)
+    if reference is not None:
+        ledger.count_forwards(reference, counts, reference=True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     step, pos, best = 0, 0, -1.0
@@ -168,7 +173,8 @@ def train(cfg, examples, eval_examples, resume_from, rank, world, device):
         batch = [examples[tasks.prompt_order(pos + rank * per_rank + i, len(examples), cfg.seed)]
                  for i in range(per_rank)]
         pos += per_rank * world
-        stats = run_update(cfg, wrapped, reference, optimizer, batch, tok, mask_id, gen, step)
+        stats = run_update(cfg, wrapped, reference, optimizer, batch, tok, mask_id, gen, step,
+                           counts)
         step += 1
         stats["step"] = step
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_updates):
@@ -182,6 +188,7 @@ def train(cfg, examples, eval_examples, resume_from, rank, world, device):
                          if k in stats})
         bar.update(1)
     bar.close()
+    print0(ledger.summary(out / "log.jsonl"))
     return out / "last", step - first
 
 
@@ -199,10 +206,11 @@ def val_accuracy(policy, tok, examples, cfg, mask_id, rank, world):
     return accuracy
 
 
-def run_update(cfg, wrapped, reference, optimizer, batch, tok, mask_id, gen, step):
-    """One update of cfg.algo at the learning rate of this step; its statistics, with timing and
-    failures."""
+def run_update(cfg, wrapped, reference, optimizer, batch, tok, mask_id, gen, step, counts):
+    """One update of cfg.algo at the learning rate of this step; its statistics, with timing,
+    failures and its compute ledger (ledger.py; counts: this rank's forward counts)."""
     t0, failures = time.time(), rewards.calls["timeout"] + rewards.calls["crash"]
+    before = dict(counts)
     decay = (0.5 * (1 + math.cos(math.pi * step / cfg.max_updates))
              if cfg.lr_schedule == "cosine" else 1.0)
     for group in optimizer.param_groups:
@@ -219,6 +227,7 @@ def run_update(cfg, wrapped, reference, optimizer, batch, tok, mask_id, gen, ste
     device = next(wrapped.parameters()).device
     new_failures = rewards.calls["timeout"] + rewards.calls["crash"] - failures
     stats["reward_failures"] = int(distributed.all_sum([new_failures], device)[0])
+    stats.update(ledger.update_costs(cfg, stats, before, counts, device))
     stats["seconds"] = time.time() - t0
     stats["tokens_per_s"] = stats.get("tokens", 0) / stats["seconds"]
     return stats

@@ -125,6 +125,11 @@ def spawn_bounded(fn, args, nprocs, timeout):
     ), f"spawned processes exited with {codes} (a hang prints its stacks above)"
 
 
+def snapshot(folder):
+    """{file name: (size, mtime)} of every file in folder: a preview must leave results/ as it is."""
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).iterdir()}
+
+
 # ----------------------------------------------------------------------------- models
 class NoMaskPrediction(torch.nn.Module):
     """Wraps a model so that it never predicts [MASK], as a trained MDLM never does."""

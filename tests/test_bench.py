@@ -7,12 +7,13 @@ import sys
 import pytest
 import torch
 
+from conftest import ROOT, snapshot
 from tools import bench
 
 
-def test_quick_bench_writes_the_table(tmp_path, monkeypatch):
-    out = tmp_path / "bench.md"
-    monkeypatch.setattr(sys, "argv", ["bench.py", "--quick", "--out", str(out)])
+def test_quick_bench_writes_the_table_under_out_not_results(monkeypatch):
+    out, before = ROOT / "out" / "bench-quick.md", snapshot(ROOT / "results")
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--quick"])
     threads = torch.get_num_threads()
     try:
         bench.main()
@@ -55,6 +56,7 @@ def test_quick_bench_writes_the_table(tmp_path, monkeypatch):
         "| greedy outputs identical to the reference | 6/6 | met |" in text
     )  # ours (lcr), record, full
     assert "| math |" in text and "| countdown |" in text
+    assert snapshot(ROOT / "results") == before  # a preview never writes over the results
 
 
 @pytest.mark.skipif(

@@ -4,16 +4,17 @@ arithmetic by hand.  pytest -q tests/test_reproduce.py"""
 
 import pytest
 
+from conftest import ROOT, snapshot
 from tools import report, reproduce
 
 TINY = dict(
     seeds=1,
-    steps=8,
-    eval_every=8,
-    n_val=8,
-    n_test=8,
+    steps=4,
+    eval_every=4,
+    n_val=4,
+    n_test=4,
     sweep=(1e-4,),
-    sweep_steps=8,
+    sweep_steps=4,
     longer=2,
     sft_updates=2,
     train_flags=(
@@ -77,12 +78,15 @@ def test_the_criterion_needs_ten_points_and_three_standard_errors_in_every_seed(
 
 @pytest.mark.slow
 def test_tiny_report(tmp_path, monkeypatch):
+    """--quick at a tiny size: its report and figures go with its runs, never over results/, and
+    open with what a preview can and cannot show."""
     monkeypatch.setattr(reproduce, "QUICK", TINY)
-    path = tmp_path / "r" / "RESULTS.md"
-    reproduce.main(
-        ["--quick", "--out", str(tmp_path / "runs"), "--report", str(path), "--jobs", "2"]
-    )
+    before = snapshot(ROOT / "results")
+    reproduce.main(["--quick", "--out", str(tmp_path / "runs"), "--jobs", "2"])
+    assert snapshot(ROOT / "results") == before
+    path = tmp_path / "runs" / "RESULTS-quick.md"
     text = path.read_text()
+    assert "**This is a preview: it checks that the whole pipeline runs" in text.split("##")[0]
     for section in (
         "## Pre-registered criterion",
         "**Result: ",
@@ -91,7 +95,9 @@ def test_tiny_report(tmp_path, monkeypatch):
         "+ diffu-GRPO (d1), LCR",
         "+ CJ-GRPO, LCR",
         "+ IGPO, LCR",
-        "## Sample efficiency",
+        "## Sample efficiency on three axes",
+        "reaches diffu-GRPO (d1)'s final",
+        "At equal rollouts:",
         "## Learning curves",
         "## IGPO: groups with no correct rollout",
         "## Over-denoising of the base",
@@ -104,6 +110,7 @@ def test_tiny_report(tmp_path, monkeypatch):
         assert section in text, section
     for png in (
         "curves-eval-accuracy.png",
+        "curves-eval-accuracy-rollouts.png",
         "curves-reward.png",
         "curves-kl.png",
         "all-wrong-groups.png",

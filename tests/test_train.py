@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -158,17 +159,15 @@ def ddp_worker(rank, world, init_file, out_dir):
     train.distributed.cleanup_distributed()
 
 
-def one_process_worker(rank, out_dir):
-    torch.save(weights_after_one_update(1, 0), os.path.join(out_dir, "single.pt"))
-
-
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
+def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path, monkeypatch):
     """Every algorithm's update function: DDP over 2 ranks, 2 prompts and 2 micro-batches each ==
     1 process with 4 prompts and 4 micro-batches (the update's normalisers shared over ranks)."""
     spawn_bounded(ddp_worker, (2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, timeout=90)
-    spawn_bounded(one_process_worker, (str(tmp_path),), nprocs=1, timeout=90)
-    single = torch.load(tmp_path / "single.pt")
+    for module, name in ((updates, "final_rewards"), (rewards, "score_trajectory"),
+                         (rollouts, "sample_group")):
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after this test
+    single = weights_after_one_update(1, 0)
     torch.manual_seed(0)
     init = dict(toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32)).named_parameters())
     for rank in range(2):
@@ -326,38 +325,27 @@ def test_malformed_training_file_is_a_clear_error(tmp_path, tok):
         )
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("algo", ["sft"])
-def test_torchrun_fsdp_matches_ddp(tmp_path, algo):
-    """Two gloo processes: FSDP2 (fully_shard) and DDP take the same updates."""
-    common = [
-        "--algo",
-        algo,
-        "--task",
-        "toy-arith",
-        "--max-updates",
-        3,
-        "--micro-batch",
-        8,
-        "--n-train",
-        40,
-    ]
+FSDP_VS_DDP = ["--algo", "sft", "--task", "toy-arith", "--max-updates", "3", "--micro-batch",
+               "8", "--n-train", "40"]
+
+
+def ddp_then_fsdp_worker(rank, world, port, out):
+    """train.py's main twice in these 2 processes (as torchrun would start them): DDP, then FSDP2."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
     for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(ROOT / "train.py"),
-            *map(str, common),
-            "--out",
-            str(tmp_path / name),
-            *extra,
-        ]
-        out = run_bounded(cmd, 120, env={"OMP_NUM_THREADS": "1"})
-        assert out.returncode == 0, out.stderr[-3000:]
+        train.main([*FSDP_VS_DDP, "--out", os.path.join(out, name), *extra])
+
+
+@pytest.mark.slow
+def test_fsdp_matches_ddp_on_two_gloo_processes(tmp_path):
+    """Two gloo processes: FSDP2 (fully_shard) and DDP take the same updates."""
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spawn_bounded(ddp_then_fsdp_worker, (2, port, str(tmp_path)), nprocs=2, timeout=120)
+    for name in ("ddp", "fsdp"):
         assert logged_steps(tmp_path / name) == [1, 2, 3]
     ddp = toy.ToyMDLM.from_pretrained(tmp_path / "ddp" / "last").state_dict()
     fsdp = toy.ToyMDLM.from_pretrained(tmp_path / "fsdp" / "last").state_dict()

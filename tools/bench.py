@@ -3,7 +3,8 @@ the phases of one MDPO and one diffu-GRPO update of train.py.
 
     python tools/bench.py                 # CPU, 3-6 min on 2 cores: prints the tables,
                                           # writes results/bench.md
-    python tools/bench.py --quick         # a tiny model, seconds (tests/test_bench.py)
+    python tools/bench.py --quick         # a tiny model, seconds (tests/test_bench.py):
+                                          # out/bench-quick.md, never results/
     python tools/bench.py --device cuda   # bf16, a randomly initialised ~1.3B-parameter model,
                                           # LLaDA's vocabulary
 
@@ -54,6 +55,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "results" / "bench.md"
 sys.path.insert(0, str(ROOT))  # the repo root: sample.py, toy.py, train.py, tools/
 
 import torch  # noqa: E402
@@ -614,8 +616,9 @@ def main():
     p.add_argument("--reward-steps", type=int, default=128, help="steps per synthetic rollout")
     p.add_argument(
         "--out",
-        default=str(ROOT / "results" / "bench.md"),
-        help="markdown file the tables are written to (default results/bench.md)",
+        default=None,
+        help="markdown file the tables are written to (default results/bench.md; --quick: "
+        "out/bench-quick.md, never over results/)",
     )
     # the memory child process
     p.add_argument("--peak-only", action="store_true", help=argparse.SUPPRESS)
@@ -625,6 +628,8 @@ def main():
             "bench.py: --device cuda needs a CUDA GPU, and torch.cuda.is_available() is False here"
         )
     args.size = "quick" if args.quick else args.device
+    quick_out = ROOT / "out" / "bench-quick.md"
+    args.out = Path(args.out) if args.out else quick_out if args.quick else OUT
     quick = dict(
         batch=2,
         prompt_len=4,
@@ -660,7 +665,8 @@ def main():
         args, model, times, peaks, reward_rates(args.reward_rollouts, args.reward_steps), phases
     )
     print(table)
-    Path(args.out).write_text(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ the claims' verdicts, sample efficiency, learning curves, over-denoising, the pr
 ASS, the sweep.
 """
 
-import json
 import math
 import os
 import platform
@@ -14,6 +13,10 @@ from pathlib import Path
 import torch
 
 import plots
+from tools import accounting
+# reproduce.py and the tests read the runs through report too: report.curve, report.final, ...
+from tools.runlogs import (  # noqa: F401
+    NAMES, binomial_se, curve, difference, final, mean_std, rows, series)
 
 COLUMNS = [(10, 16), (10, 8), (40, 16), (40, 8)]  # (block size, steps)
 # The criterion's first registration (reproduce.py's budget was then 48 optimiser steps); its
@@ -25,49 +28,14 @@ FIRST_REGISTRATION = (
     "the test-bed's design budget (chosen on val curves), and every run of this report was "
     "trained and scored again; no test-set number was looked at in between."
 )
-NAMES = {"mdpo": "MDPO", "diffu-grpo": "diffu-GRPO (d1)", "cj-grpo": "CJ-GRPO", "igpo": "IGPO"}
-
-
-# ----------------------------------------------------------------------------- reading the runs
-def rows(log):
-    return [json.loads(line) for line in Path(log).read_text().splitlines()[1:]]
-
-
-def curve(log, mu):
-    """(optimiser steps, val accuracy %) of a run, from its log."""
-    return [(r["step"] * mu, 100 * r["eval_accuracy"]) for r in rows(log) if "eval_accuracy" in r]
-
-
-def series(log, key, mu):
-    """(optimiser steps at the end of the update, value) of a logged quantity."""
-    return [(r["step"] * mu, r[key]) for r in rows(log) if key in r]
-
-
-def final(points):
-    """A run's final val accuracy: the mean of its last two scores (one score is noisier)."""
-    return statistics.mean(y for _, y in points[-2:])
-
-
-def mean_std(values):
-    """'m ± s' over seeds (sample std); a single value alone."""
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def binomial_se(p, n):
-    """Standard error (points) of an accuracy p (%) on n problems."""
-    return math.sqrt(max(p, 0.5) * (100 - min(p, 99.5)) / n)
-
-
-def difference(a, b, n):
-    """Mean of a minus mean of b (points), with its standard error: the seeds' spread when there are
-    several, the binomial one of a single accuracy on n problems otherwise."""
-
-    def se(v):
-        return statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else binomial_se(v[0], n)
-
-    return statistics.mean(a) - statistics.mean(b), math.sqrt(se(a) ** 2 + se(b) ** 2)
+QUICK_NOTE = (
+    "**This is a preview: it checks that the whole pipeline runs, and it is too small to show any "
+    "effect** ({seeds} seeds, {steps} optimiser steps, {n_val} val and {n_test} test problems: "
+    "the bases barely move in so few steps, and one accuracy's standard error is several points). "
+    "Its verdicts, 'not met' and 'not shown' included, say nothing about the methods. The report "
+    "that does is results/RESULTS.md, from `python tools/reproduce.py` (3 seeds, 96 optimiser "
+    "steps; about 80 minutes on 2 cores)."
+)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -133,7 +101,8 @@ def by_algo(res, algo):
 
 
 def claims(res):
-    """Each claim column by column: differences in points (± SE) and how many clear 2 SE."""
+    """Each claim column by column: differences in points (± SE), paired by seed (each seed's runs
+    share its base: accounting.paired_difference), and how many clear 2 SE."""
     n, base, mdpo = res["cfg"]["n_test"], res["base_test"], by_algo(res, "mdpo")
     checks = [
         (
@@ -172,7 +141,9 @@ def claims(res):
         if not a_runs or not b_runs:
             continue
         diffs = [
-            difference([r[(a_rem, *c)] for r in a_runs], [r[(b_rem, *c)] for r in b_runs], n)
+            accounting.paired_difference(
+                [r[(a_rem, *c)] for r in a_runs], [r[(b_rem, *c)] for r in b_runs], n
+            )
             for c in COLUMNS
         ]
         clear = sum(d > 2 * se for d, se in diffs)
@@ -186,46 +157,6 @@ def claims(res):
         lines.append(
             f"| {name} | {text} | {verdict}: {clear}/4 columns > 2 SE, {worse}/4 < -2 SE |"
         )
-    return lines
-
-
-def mean_curve(res, algo):
-    """The val curve averaged over the seeds (at the steps every seed has), starting at the bases'
-    mean."""
-    runs = [
-        curve(res["logs"][algo, s], res["mu"][algo])
-        for s in range(res["cfg"]["seeds"])
-        if (algo, s) in res["logs"]
-    ]
-    xs = sorted(set.intersection(*[{x for x, _ in r} for r in runs]))
-    start = statistics.mean(b["greedy_B10"] for b in res["base_val"])
-    return [(0, start)] + [(x, statistics.mean(dict(r)[x] for r in runs)) for x in xs]
-
-
-def efficiency(res):
-    """Optimiser steps one algorithm needs to first reach the other's final val accuracy, both
-    ways."""
-    lines = [
-        "| algorithm | reaches | target (val %) | at optimiser step | of the other's |",
-        "|---|---|---|---|---|",
-    ]
-    mdpo, grpo = mean_curve(res, "mdpo"), mean_curve(res, "diffu-grpo")
-    longer = (
-        curve(res["logs"]["diffu-grpo-longer", 0], res["mu"]["diffu-grpo"])
-        if ("diffu-grpo-longer", 0) in res["logs"]
-        else []
-    )
-    steps = res["cfg"]["steps"]
-    for name, mine, other, extra in (("MDPO", mdpo, grpo, []), ("diffu-GRPO", grpo, mdpo, longer)):
-        target = final(other[1:])
-        reached = next((x for x, y in mine if x > 0 and y >= target), None)
-        where = "mean of seeds"
-        if reached is None and extra:
-            reached = next((x for x, y in extra if y >= target), None)
-            where = f"seed 0, run {res['cfg']['longer']}x longer"
-        horizon = steps * (res["cfg"]["longer"] if extra else 1)
-        at = f"{reached} ({where})" if reached is not None else f"not reached within {horizon}"
-        lines.append(f"| {name} | the other's final | {target:.1f} | {at} | {steps} |")
     return lines
 
 
@@ -255,7 +186,26 @@ def learning_curves(res, folder):
         png = Path(folder) / f"curves-{key.replace('_', '-')}.png"
         plots.curves_over_seeds(data, f"{res['task']}: {title}", "optimiser steps", ylabel, png)
         pngs.append(png)
+    pngs.append(rollout_curves(res, folder))
     return pngs
+
+
+def rollout_curves(res, folder):
+    """Val accuracy against the rollouts drawn (ledger.py), from the bases' accuracy at 0 -> PNG."""
+    data = {}
+    for a in ("mdpo", "diffu-grpo", "cj-grpo", "igpo"):
+        runs = [
+            [(0, b["greedy_B10"])]
+            + accounting.cost_curve(res["logs"][a, s], res["mu"][a], "rollouts")
+            for s, b in enumerate(res["base_val"])
+            if (a, s) in res["logs"]
+        ]
+        if runs:
+            data[NAMES[a]] = runs
+    png = Path(folder) / "curves-eval-accuracy-rollouts.png"
+    plots.curves_over_seeds(data, f"{res['task']}: held-out accuracy at equal rollouts",
+                            "rollouts drawn", "greedy val accuracy (%), LCR B=10", png)
+    return png
 
 
 def all_wrong(res, folder):
@@ -389,6 +339,8 @@ def write(res, command, wall, path, quick):
     out = [
         f"# Results at toy scale{' (--quick preview)' if quick else ''}",
         "",
+        *([QUICK_NOTE.format(seeds=cfg["seeds"], steps=cfg["steps"], n_val=cfg["n_val"],
+                             n_test=n), ""] if quick else []),
         f"Command: `{command}`. Machine: {machine()}. Wall time: {wall[0]:.0f} min"
         + (f" over {wall[1]} invocations (cached runs resume)." if wall[1] > 1 else "."),
         "",
@@ -419,7 +371,11 @@ def write(res, command, wall, path, quick):
         "grpo.py 8). Learning rates from the sweep on val (below). Test: greedy accuracy on "
         f"{n} fixed test problems (one accuracy's standard error: "
         f"{binomial_se(50, n):.1f} points at 50%); "
-        "trained rows mean ± std over seeds; a claim holds only by more than 2 SE.",
+        "trained rows mean ± std over seeds. A claim's difference is the mean over seeds of the "
+        "difference within each seed, with its standard error (the per-seed differences' std / "
+        "sqrt(seeds)): the runs of a seed share its SFT base, and the bases differ by several "
+        "points, which pairing cancels and an unpaired SE would count twice. A claim holds only "
+        "by more than 2 SE.",
         "",
         "## The bases (val)",
         "",
@@ -436,9 +392,19 @@ def write(res, command, wall, path, quick):
         "",
         *claims(res),
         "",
-        "## Sample efficiency",
+        "## Sample efficiency on three axes",
         "",
-        *efficiency(res),
+        "Who reaches whose final val accuracy, and at what cost: optimiser steps (the paper's "
+        "unit; per batch of rollouts " + mu + "), rollouts drawn, tokens through the model in "
+        "every forward (rollouts, training, reference), and wall seconds of the updates on "
+        "this machine. Each cell: mean ± std over the seeds that reach the target (tools/"
+        "accounting.py; the costs are logged by every update, ledger.py).",
+        "",
+        *accounting.efficiency(res, ("mdpo", "diffu-grpo", "cj-grpo", "igpo")),
+        "",
+        *accounting.longer_run(res),
+        "",
+        *accounting.at_equal_rollouts(res, ("mdpo", "diffu-grpo", "cj-grpo", "igpo")),
         "",
         "## Learning curves",
         "",

@@ -1,7 +1,8 @@
 """Every claim of the paper at toy scale, from one command: results/RESULTS.md and its figures.
 
     python tools/reproduce.py            # 3 seeds, the default toy task (the report in the README)
-    python tools/reproduce.py --quick    # 2 seeds, fewer steps and problems: a preview in minutes
+    python tools/reproduce.py --quick    # 2 seeds, fewer steps and problems: a check of the
+                                         # pipeline in minutes, written under out/
 
 Protocol. Seed s is a pair: an SFT base trained with seed s, and the RL runs from it with seed s, so
 the spread over seeds covers both. Every algorithm gets the same budget of optimiser steps
@@ -452,8 +453,8 @@ def main(argv=None):
     p.add_argument(
         "--report",
         default=None,
-        help="the report (default results/RESULTS.md, --quick "
-        "results/RESULTS-quick.md); its figures go next to it",
+        help="the report (default results/RESULTS.md; --quick: RESULTS-quick.md in --out, never "
+        "over results/); its figures go next to it",
     )
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
@@ -461,7 +462,8 @@ def main(argv=None):
     if cfg["seeds"] < 1:
         p.error(f"--seeds {cfg['seeds']}: must be >= 1")
     out = Path(args.out or ("out/reproduce-quick" if args.quick else "out/reproduce"))
-    path = Path(args.report or ("results/RESULTS-quick.md" if args.quick else "results/RESULTS.md"))
+    path = Path(args.report or (out / "RESULTS-quick.md" if args.quick
+                                else ROOT / "results" / "RESULTS.md"))
     path.parent.mkdir(parents=True, exist_ok=True)
     t0, ctx = time.time(), multiprocessing.get_context("spawn")
     fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} work-min [{elapsed}<{remaining}]"
