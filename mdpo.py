@@ -58,9 +58,9 @@ def group_advantages(scores, group_size, eps=1e-4):
     `grpo.reward_minus_group_mean` (one per completion, no std).
     scores: (N, T) step scores, N = prompts * G with the G rollouts of a prompt in CONTIGUOUS rows
     (rows 0..G-1 the first prompt's, G..2G-1 the second's, ...: rollouts.sample_group's order); any
-    other layout compares rollouts of different prompts without an error. group_size: G (>= 2). std is unbiased (torch's default), as in the official code; eps = 1e-4 as
-    there. A group whose scores at a step are all equal gets A = 0 at that step (nothing to
-    compare). Returns (N, T).
+    other layout compares rollouts of different prompts without an error. group_size: G (>= 2).
+    std is unbiased (torch's default), as in the official code; eps = 1e-4 as there. A group whose
+    scores at a step are all equal gets A = 0 at that step (nothing to compare). Returns (N, T).
     """
     N, T = scores.shape
     if group_size < 2 or N % group_size != 0:

@@ -29,8 +29,8 @@ class Group:
     examples: list
 
 
-# What orders the remasking of a rollout at temperature > 0: the probability of the drawn token under
-# the tempered distribution it was drawn from, as the MDPO authors' code (LLaDA orders by the
+# What orders the remasking of a rollout at temperature > 0: the probability of the drawn token
+# under the tempered distribution it was drawn from, as the MDPO authors' code (LLaDA orders by the
 # untempered softmax: "model"). sample.CONFIDENCE lists both.
 CONFIDENCE = "sampling"
 

@@ -126,7 +126,7 @@ def spawn_bounded(fn, args, nprocs, timeout):
 
 
 def snapshot(folder):
-    """{file name: (size, mtime)} of every file in folder: a preview must leave results/ as it is."""
+    """{file name: (size, mtime)} of every file in folder (a preview leaves results/ as it is)."""
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).iterdir()}
 
 

@@ -330,7 +330,7 @@ FSDP_VS_DDP = ["--algo", "sft", "--task", "toy-arith", "--max-updates", "3", "--
 
 
 def ddp_then_fsdp_worker(rank, world, port, out):
-    """train.py's main twice in these 2 processes (as torchrun would start them): DDP, then FSDP2."""
+    """train.py's main twice in these 2 processes (started as torchrun would): DDP, then FSDP2."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
