@@ -27,6 +27,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import peft
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -65,13 +66,16 @@ def save(path, model, tok, optimizer, state, rank, full_weights=True):
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         distributed.barrier()
-        # sharded (DTensor) under FSDP, plain tensors otherwise
-        weights, optim = get_state_dict(model, optimizer)
+        # sharded (DTensor) under FSDP, plain tensors otherwise; a LoRA model's adapters alone
+        weights, optim = get_state_dict(model, optimizer, options=trainable_only(model))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=QUIET)
             dcp.save({"model": weights, "optim": optim}, checkpoint_id=tmp / "dcp",
                      no_dist=not dist.is_initialized())
-        if full_weights:
+        if full_weights and isinstance(model, peft.PeftModel):  # the adapter; its base is --model
+            if rank == 0:
+                model.save_pretrained(tmp)
+        elif full_weights:
             full = get_state_dict(
                 model, [], options=StateDictOptions(full_state_dict=True, cpu_offload=True))[0]
             if rank == 0:
@@ -107,14 +111,23 @@ def own_class(model):
 def load(path, model, optimizer):
     """Restore model and optimiser in place from PATH/dcp (resharding if the world size changed);
     returns the trainer state written by `save`."""
-    weights, optim = get_state_dict(model, optimizer)
+    weights, optim = get_state_dict(model, optimizer, options=trainable_only(model))
     loaded = {"model": weights, "optim": optim}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=QUIET)
         dcp.load(loaded, checkpoint_id=Path(path) / "dcp", no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=loaded["model"],
-                   optim_state_dict=loaded["optim"])
+                   optim_state_dict=loaded["optim"], options=trainable_only(model))
     return trainer_state(path)
+
+
+def trainable_only(model):
+    """The state-dict options of a model with frozen parameters (a LoRA base): they are --model's,
+    loaded as it is at every start, so dcp/ holds the trainable parameters and their AdamW state
+    alone."""
+    frozen = any(not p.requires_grad for p in model.parameters())
+    # loading leaves the frozen parameters as they are: they are not in dcp/, and that is no error
+    return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen)
 
 
 def trainer_state(path):

@@ -68,6 +68,10 @@ class Config:
     micro_batch: int = 64
     grad_clip: float = 1.0
     fsdp: bool = False
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.05
+    lora_targets: str | None = None
     precision: str = "fp32"
     activation_checkpointing: bool = False
     skip_memory_check: bool = False
@@ -167,6 +171,14 @@ HELP = {  # flag help; `parser` appends the default of every preset and algorith
     "micro_batch": "sequences per forward/backward; the rest is accumulated",
     "grad_clip": "max gradient norm",
     "fsdp": "shard model, gradients, optimiser and reference with FSDP2",
+    "lora_rank": "LoRA (lora.py, peft): train rank-R adapters on the blocks' linear layers of a "
+                 "frozen base (bf16 on CUDA), the reference being the base; 0 = full "
+                 "fine-tuning (d1, EAR, IGPO: 128)",
+    "lora_alpha": "LoRA scaling alpha / rank (default: rank / 2, as d1's 64 at rank 128)",
+    "lora_dropout": "dropout on the adapters' input (d1, EAR, IGPO: 0.05)",
+    "lora_targets": "comma list of name endings of the linear layers to adapt (default: every "
+                    "linear layer of the transformer blocks: attention and MLP projections, not "
+                    "the embeddings or the output layer)",
     "precision": "compute dtype of rollouts, evaluation and forwards (bf16 on CUDA); master "
                  "weights, gradient reduction and AdamW stay fp32",
     "activation_checkpointing": "recompute each block in the backward",
@@ -231,8 +243,8 @@ def parser(description=None):
         elif f.name == "block_lengths":
             p.add_argument(flag, help=text)
         else:
-            cast = {"mask_id": int, "train_file": str, "eval_data": str,
-                    "schedule": str}.get(f.name, kind)
+            cast = {"mask_id": int, "train_file": str, "eval_data": str, "schedule": str,
+                    "lora_alpha": float, "lora_targets": str}.get(f.name, kind)
             p.add_argument(flag, type=cast, choices=CHOICES.get(f.name), help=text)
     return p
 
@@ -259,7 +271,7 @@ def from_args(argv=None, description=None):
     return cfg
 
 
-AT_LEAST = dict(gen_length=1, steps=1, group_size=2, prompts_per_update=1, top_c=1, beta=0,
+AT_LEAST = dict(lora_rank=0, gen_length=1, steps=1, group_size=2, prompts_per_update=1, top_c=1, beta=0,
                 inner_steps=1, p_mask=0, max_updates=1, micro_batch=1, save_every=1, eval_every=0,
                 eval_batch_size=1, n_train=1, n_eval=1, format_score=0, mask_id=0)
 
@@ -294,6 +306,14 @@ def check(cfg):
         ("--model", cfg.model, cfg.model != "toy" or toy_task,
          f"a model path or HF name: the toy model knows only the toy tasks, not --task {cfg.task}"),
     ]
+    if cfg.lora_rank and cfg.fsdp:
+        return ("--fsdp with --lora-rank: not supported; a LoRA run keeps its frozen base whole "
+                "on every GPU (DDP), and one 80 GB GPU holds LLaDA-8B's (tools/memory.py "
+                "--world 1 --lora-rank 128)")
+    if cfg.lora_alpha is not None and cfg.lora_alpha <= 0:
+        return f"--lora-alpha {cfg.lora_alpha}: must be > 0"
+    if not 0 <= cfg.lora_dropout < 1:
+        return f"--lora-dropout {cfg.lora_dropout}: must be in [0, 1)"
     if cfg.algo == "igpo" and cfg.fsdp:
         return ("--fsdp with --algo igpo: ranks retry different numbers of all-wrong groups, "
                 "and FSDP's gathers need every rank in every forward; use DDP")

@@ -84,6 +84,10 @@ class Run:
     unsharded_grads: bool = False
     # the old FSDP policy: units gathered in fp32, autocast casts every weight
     fp32_gather: bool = False
+    # LoRA (train.py --lora-rank): adapters of this rank on every linear layer of the blocks, the
+    # base frozen in the compute dtype; lora_dropout: the adapters' input dropout is on
+    lora_rank: int = 0
+    lora_dropout: bool = True
 
 
 def toy_shape(c):  # the Shape of a toy.ToyConfig
@@ -134,6 +138,27 @@ def n_params(s):
 
 def n_tensors(s):  # parameter tensors: AdamW keeps a step counter for each
     return s.layers * 9 + 3 if s.kind == "llada" else s.layers * 12 + 6
+
+
+def adapted_linears(s):
+    """(in, out) of the linear layers of a block that LoRA adapts (lora.target_modules): LLaDA's
+    q, k, v, attn_out, ff_proj, up_proj, ff_out; the toy's qkv, proj and its MLP's two."""
+    d, f = s.d, s.f
+    if s.kind == "llada":
+        return [(d, d)] * 4 + [(d, f)] * 2 + [(f, d)]
+    return [(d, 3 * d), (d, d), (d, f), (f, d)]
+
+
+def lora_params(s, r):
+    """Parameters of rank-r adapters on every block: A (r x in) and B (out x r) per linear."""
+    return s.layers * sum(r * (i + o) for i, o in adapted_linears(s))
+
+
+def lora_saved(s, c, run):
+    """Bytes per token a block's adapters save for the backward: with dropout, each adapted layer's
+    dropped-out input (c bytes) and its mask (1 byte); always, each A's output (r, c bytes)."""
+    inputs = sum(i for i, _ in adapted_linears(s)) * (c + 1) if run.lora_dropout else 0
+    return inputs + len(adapted_linears(s)) * run.lora_rank * c
 
 
 def cast_params(s):
@@ -200,6 +225,8 @@ def activations(s, run, b, S):
     recomputed."""
     c = 2 if run.precision == "bf16" else 4
     per_block = sum(v for _, v in block_saved(s, c, run.attention, S))
+    if run.lora_rank:
+        per_block += lora_saved(s, c, run)
     held = s.layers * c * s.d + per_block if run.checkpointing else s.layers * per_block
     return b * S * (held + outside_saved(s, c))
 
@@ -230,6 +257,19 @@ def sampler_step(s, run, B):
     return logits + run.sampler_bytes * rows * s.vocab
 
 
+def lora_items(s, run, c):
+    """The items a LoRA run changes (one process or DDP, no FSDP): the base frozen in the compute
+    dtype (no fp32 master copy, no gradient, no AdamW state), A fp32 adapter parameters with their
+    gradients, DDP buckets and AdamW state; no reference model (the base with the adapters off);
+    the checkpoint writes the adapters alone."""
+    N, A = n_params(s), lora_params(s, run.lora_rank)
+    adapters = 2 * len(adapted_linears(s)) * s.layers  # A and B of each adapted layer
+    return dict(params=c * N + 4 * A, grads=4 * A, buckets=4 * A if run.world > 1 else 0,
+                adam=8 * A + 4 * adapters, ref=0, root=0, blocks=0, unsharded=0, head_grad=0,
+                unit_reduce=0, root_reduce=0, casts=2 * A if c == 2 else 0,
+                adam_temp=4 * A, full_weights=4 * A, load=c * N)
+
+
 def peak_bytes(s, run=Run()):
     """Bytes per GPU of train.py: {"items": {name: bytes}, "phases": {phase: bytes}, "peak":
     (phase, bytes), "fragmentation": the allowance on the peak's tensor bytes, "total": peak +
@@ -245,7 +285,8 @@ def peak_bytes(s, run=Run()):
         grads=4 * N // W,
         # old: full fp32 gradients to the last micro-batch
         unsharded=4 * N - 4 * N // W if run.unsharded_grads else 0,
-        buckets=0 if fsdp else 4 * N,  # DDP's flat gradient buckets (gradient_as_bucket_view=False)
+        # DDP's flat gradient buckets (gradient_as_bucket_view=False); one process has no DDP
+        buckets=0 if fsdp or run.world == 1 else 4 * N,
         adam=8 * N // W + 4 * n_tensors(s),
         ref=4 * N // W if run.reference else 0,
         root=g * Nr if fsdp else 0,
@@ -278,6 +319,8 @@ def peak_bytes(s, run=Run()):
         load=4 * N + (4 * N // W if fsdp else 4 * N) * run.reference,
         context=GiB if run.device == "cuda" else 0,  # assumption 4
     )
+    if run.lora_rank:
+        i.update(lora_items(s, run, c))
     persistent = i["params"] + i["buckets"] + i["adam"] + i["ref"] + i["context"]
     # then the gathered blocks during the blocks, none during the head
     sampler = persistent + i["casts"] + i["root"]
@@ -325,7 +368,8 @@ def run_of(cfg, world, prompt_len):
                checkpointing=cfg.activation_checkpointing,
                rollout_batch=-(-per_rank // (sizes * cfg.group_size)) * cfg.group_size,
                rollouts_per_rank=per_rank, eval_batch=cfg.eval_batch_size,
-               reference=cfg.algo != "sft" and cfg.beta > 0, device="cuda")
+               reference=cfg.algo != "sft" and cfg.beta > 0, device="cuda",
+               lora_rank=cfg.lora_rank, lora_dropout=cfg.lora_dropout > 0)
 
 
 def alternatives(run):

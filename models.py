@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import transformers
 
+import lora
 import toy
 
 
@@ -42,6 +43,8 @@ def check_model_path(name_or_path, mask_id=None):
     if path.is_file():
         raise ValueError(f"--model {name_or_path}: is a file; "
                          "give the directory that holds config.json")
+    if path.is_dir() and lora.is_adapter(path):  # a LoRA checkpoint: its base must load
+        return check_model_path(lora.base_of(path), mask_id)
     if path.is_dir():
         if not (path / "config.json").exists():
             below = sorted(str(c.parent)
@@ -67,13 +70,18 @@ def load_model(name_or_path, device="cpu", dtype=torch.float32, trust_remote_cod
     An encoder with a masked-LM head (ModernBERT chat models, BERT) loads through
     AutoModelForMaskedLM. LLaDA-8B-Instruct and Dream ship their own modelling code: they load only
     with trust_remote_code=True, and register AutoModel only, so we fall back to AutoModel when
-    AutoModelForMaskedLM does not know them. The weights are read in the checkpoint's own dtype
+    AutoModelForMaskedLM does not know them. A LoRA checkpoint of train.py (adapter_config.json)
+    loads as its base with the adapter merged in. The weights are read in the checkpoint's own dtype
     (bf16 for LLaDA-8B-Instruct: 16 GB on the host, not 32) and cast on `device`. shifted_logits:
     True for a model that predicts token i from position i - 1 (`uses_shifted_logits`); it is
     written into the model's config, so a checkpoint saved from it remembers it.
     """
     check_model_path(str(name_or_path))
-    if (Path(name_or_path) / "toy_tokenizer.json").exists():
+    if lora.is_adapter(name_or_path):  # train.py --lora-rank's checkpoint: its base + the adapter
+        base, _ = load_model(lora.base_of(name_or_path), "cpu", dtype, trust_remote_code,
+                             shifted_logits)
+        model, tokenizer = lora.merged(base, name_or_path), load_tokenizer(name_or_path)
+    elif (Path(name_or_path) / "toy_tokenizer.json").exists():
         model = toy.ToyMDLM.from_pretrained(name_or_path, dtype=dtype)
         tokenizer = toy.ToyTokenizer.from_pretrained(name_or_path)
     else:

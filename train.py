@@ -36,6 +36,7 @@ import config
 import distributed
 import eval as evaluation
 import ledger
+import lora
 import memory
 import models
 import rewards
@@ -60,6 +61,7 @@ def main(argv=None):
             checkpoint.check_writable(Path(base.out),
                                       f"the toy base's cache (next to --out {cfg.out})")
         resume_from = checkpoint.resume_point(cfg, config.MAY_CHANGE)
+        base_from = checkpoint.resume_point(base, config.MAY_CHANGE) if base else None
     except (ValueError, OSError) as e:
         sys.exit(f"train.py: error: {e}")
     rank, world, device = distributed.setup_distributed()
@@ -70,8 +72,8 @@ def main(argv=None):
         sys.exit(f"train.py: error: {problem}")
     try:
         if base is not None:  # always the same base: RL seeds vary, the base does not
-            train(base, toy.make_task(cfg.task, base.n_train, 0, "train"), None,
-                  checkpoint.resume_point(base, config.MAY_CHANGE), rank, world, device)
+            train(base, toy.make_task(cfg.task, base.n_train, 0, "train"), None, base_from, rank,
+                  world, device)
         final, n_new = train(cfg, examples, eval_examples, resume_from, rank, world, device)
         written = [Path(cfg.out) / "config.json", Path(cfg.out) / "log.jsonl", final]
         if base is not None:
@@ -147,12 +149,14 @@ def train(cfg, examples, eval_examples, resume_from, rank, world, device):
         print0(f"{out}: finished ({cfg.algo}, update {state['step']} of {cfg.max_updates}); "
                "nothing to train")
         return out / "last", 0
+    torch.manual_seed(cfg.seed)  # torch's own generator: LoRA's initialisation and dropout
     policy, wrapped, reference, tok, mask_id = build(cfg, rank, world, device)
     counts = {}  # the compute ledger: this rank's forwards and tokens so far
     ledger.count_forwards(policy, counts)
     if reference is not None:
         ledger.count_forwards(reference, counts, reference=True)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters alone
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + rank)
     step, pos, best = 0, 0, -1.0
     if resume_from is not None:
@@ -185,7 +189,7 @@ def train(cfg, examples, eval_examples, resume_from, rank, world, device):
                         stats.get("eval_accuracy"), rank)
         log(stats)
         bar.set_postfix({k: f"{stats[k]:.3f}" for k in ("loss", "reward", "eval_accuracy")
-                         if k in stats})
+                         if k in stats}, refresh=False)
         bar.update(1)
     bar.close()
     print0(ledger.summary(out / "log.jsonl"))
@@ -245,13 +249,19 @@ def build(cfg, rank, world, device):
         distributed.barrier()
     start = str(out / "init") if cfg.model == "toy" else cfg.model
 
-    def load():  # on the host in the checkpoint's dtype, then cast to fp32 on the device
-        return models.load_model(start, device, torch.float32, cfg.trust_remote_code,
-                                 cfg.shifted_logits)
+    # fp32 master weights; a LoRA base is frozen in the compute dtype (no master copy)
+    dtype = torch.bfloat16 if cfg.lora_rank and cfg.precision == "bf16" else torch.float32
+
+    def load():  # on the host in the checkpoint's dtype, then cast on the device
+        return models.load_model(start, device, dtype, cfg.trust_remote_code, cfg.shifted_logits)
     policy, tok = distributed.in_turn(load)
     mask_id = models.resolve_mask_id(tok, policy, cfg.mask_id)
     if cfg.activation_checkpointing:
         distributed.checkpoint_blocks(policy)
+    if cfg.lora_rank:
+        policy = lora.add_adapter(policy, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank / 2,
+                                  cfg.lora_dropout,
+                                  cfg.lora_targets.split(",") if cfg.lora_targets else None)
     # under FSDP the policy is sharded before the reference loads: one full fp32 copy on a GPU at a
     # time
     if cfg.fsdp:
@@ -259,7 +269,9 @@ def build(cfg, rank, world, device):
     else:
         wrapped = DDP(policy) if world > 1 else policy
     reference = None
-    if cfg.algo != "sft" and cfg.beta > 0:
+    if cfg.algo != "sft" and cfg.beta > 0 and cfg.lora_rank:
+        reference = lora.AdapterOff(policy)  # the base: the policy with its adapter off
+    elif cfg.algo != "sft" and cfg.beta > 0:
         reference = distributed.in_turn(load)[0]
         reference.requires_grad_(False)
         if cfg.fsdp:
@@ -273,6 +285,8 @@ def restore(path, policy, optimizer, gen, cfg, rank, world):
     state = checkpoint.load(path, policy, optimizer)
     if len(state["gen"]) == world:
         gen.set_state(state["gen"][rank])
+        for rng, saved in zip(global_rngs(gen.device), state.get("torch_rng", [[]] * world)[rank]):
+            rng.set_rng_state(saved)  # dropout's (LoRA's adapters)
     else:
         print0(f"{path} was written by {len(state['gen'])} processes, this run has {world}: "
                "the sampling streams start afresh, so the run is not bit-identical to an "
@@ -287,13 +301,20 @@ def save(cfg, policy, tok, optimizer, gen, step, pos, best, accuracy, rank):
     new_best = accuracy is not None and accuracy > best
     best = max(best, -1.0 if accuracy is None else accuracy)
     state = {"gen": distributed.all_gather_list([gen.get_state()]), "step": step, "pos": pos,
-             "best": best}
+             "best": best, "torch_rng": distributed.all_gather_list(
+                 [[rng.get_rng_state() for rng in global_rngs(gen.device)]])}
     final = step == cfg.max_updates
     checkpoint.save(out / "last", policy, tok, optimizer, state, rank,
                     full_weights=not cfg.fsdp or final or new_best)
     if rank == 0 and new_best:
         checkpoint.keep_as_best(out / "last", out / "best")
     return best
+
+
+def global_rngs(device):
+    """torch's global generators a run draws from outside its own generator: dropout's (LoRA's
+    adapters), on the CPU and on this rank's GPU."""
+    return [torch] + ([torch.cuda] if torch.device(device).type == "cuda" else [])
 
 
 def start_log(cfg, resume_from, step, rank):

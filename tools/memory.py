@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))  # the repo root: train.py, rollouts.py, ...
 import torch  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
+import memory  # noqa: E402
 from memory import LLADA_8B, GiB, MiB, Run, n_params, peak_bytes, toy_shape  # noqa: E402
 
 OUT = ROOT / "results" / "memory.md"
@@ -166,6 +167,44 @@ def report(s=LLADA_8B, run=Run()):
     )
 
 
+def lora_report(s, run):
+    """The markdown of a LoRA plan (`python tools/memory.py --world 1 --lora-rank 128`): the phases
+    and items per GPU with either attention kernel, the peak and its fragmentation allowance."""
+    columns = {f"LoRA rank {run.lora_rank}, {k}": replace(run, attention=k) for k in ("math",
+                                                                                  "flash")}
+    out = {name: peak_bytes(s, r) for name, r in columns.items()}
+    names = labels(run)
+    names.update(params="parameters: the frozen base (compute dtype) + fp32 adapters",
+                 grads="adapter gradients, fp32", adam="AdamW m, v (adapters)",
+                 ref="reference model (none: the base, adapters off)",
+                 full_weights="checkpoint: the adapters", load="loading: the base")
+    lines = [f"| per GPU, GiB ({describe(run)}; {run.world} GPU(s)) | " + " | ".join(out) + " |",
+             "|---" * (len(out) + 1) + "|"]
+
+    def row(text, cell):
+        return f"| {text} | " + " | ".join(cell(o) for o in out.values()) + " |"
+
+    lines += [row(text, lambda o, k=k: gib(o["items"][k])) for k, text in names.items()
+              if any(o["items"][k] for o in out.values())]
+    lines += [row(f"**phase: {k}**", lambda o, k=k: gib(o["phases"][k]))
+              for k in next(iter(out.values()))["phases"]]
+    lines += [row("**peak (phase)**", lambda o: f"**{gib(o['peak'][1])}** ({o['peak'][0]})"),
+              row(f"allocator fragmentation, +{run.fragmentation:.0%} (assumed)",
+                  lambda o: gib(o["fragmentation"])),
+              row("**peak + fragmentation**", lambda o: f"**{gib(o['total'])}**")]
+    math_total = out[next(iter(out))]["total"]
+    return "\n".join([
+        f"# Memory per GPU of train.py with LoRA (modelled: `python tools/memory.py --world "
+        f"{run.world} --lora-rank {run.lora_rank}`)", "",
+        f"LLaDA-8B-Instruct, {n_params(s):,} parameters frozen in {run.precision}, "
+        f"{memory.lora_params(s, run.lora_rank):,} adapter parameters (rank {run.lora_rank} on "
+        "every linear layer of the 32 blocks, fp32, AdamW); the reference is the base with the "
+        f"adapters off. {run.rollouts_per_rank} rollouts per GPU, {run.rollout_batch} rows per "
+        "sampler forward (the paper's 16 prompts x G = 8). Assumptions: memory.py's docstring.",
+        "", f"**Peak + fragmentation: {gib(math_total)} GiB per GPU on the math attention path "
+        f"({gib(out[list(out)[1]]['total'])} GiB with a fused kernel).**", "", *lines, ""])
+
+
 # ------------------------------------------------------------------- validation on CPU (--validate)
 TOY = dict(vocab_size=4096, d_model=512, n_layers=8, n_heads=8, max_len=128)
 # rollouts per rank (one prompt), denoising steps, prompt tokens ("nums 3 5 7 -> 22")
@@ -185,6 +224,7 @@ VARIANTS = {
     "bf16, fp32 gather (old)": dict(
         precision="bf16", gen_length=8, micro_batch=2, fp32_gather=True
     ),
+    "fp32, LoRA rank 16 (DDP)": dict(precision="fp32", gen_length=64, micro_batch=4, lora_rank=16),
 }
 FIXES = {  # (without, with)
     "gradients sharded after every micro-batch": ("fp32, grads unsharded (old)", "fp32"),
@@ -210,6 +250,7 @@ def variant_run(name):
                 device="cpu",
                 sampler_bytes=4 + 4,
                 checkpointing=False,
+                fsdp="lora_rank" not in VARIANTS[name],
                 attention="flash",
                 gathered_blocks=2,
                 reduces_in_flight=1,
@@ -228,7 +269,8 @@ def variant_config(run, tmp):
         out=f"{tmp}/out",
         algo="mdpo",
         beta=0.05,
-        fsdp=not run.fp32_gather,
+        fsdp=not run.fp32_gather and not run.lora_rank,
+        lora_rank=run.lora_rank,
         precision=run.precision,
         activation_checkpointing=run.checkpointing,
         seed=0,
@@ -293,7 +335,7 @@ def build(run, cfg, rank, world):
     import train
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    model, _, ref, tok, mask_id = train.build(
+    model, wrapped, ref, tok, mask_id = train.build(
         cfg, rank, 1 if run.fp32_gather else world, torch.device("cpu")
     )
     for m in (model, ref) if run.fp32_gather else ():
@@ -304,8 +346,9 @@ def build(run, cfg, rank, world):
                 mp_policy=MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32),
                 reshard_after_forward=True if unit is ref else None,
             )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
-    for p in model.parameters():
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters
+    optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=0.0)
+    for p in trainable:
         p.grad = torch.zeros_like(p)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -316,7 +359,7 @@ def build(run, cfg, rank, world):
     )
     with torch.no_grad():
         ref(torch.full((1, 8), mask_id), attention_mask=torch.ones(1, 8, dtype=torch.long))
-    return model, ref, tok, mask_id, optimizer, got
+    return model, wrapped, ref, tok, mask_id, optimizer, got
 
 
 def micro_batches(group, mask_id, b, gen):
@@ -352,7 +395,7 @@ def run_variant(name, rank, world, tmp):
     # not half-way through this variant's phases (where their freeing would hide up to a shard)
     gc.collect()
     rss0 = vm_bytes("VmRSS:")
-    model, ref, tok, mask_id, optimizer, got = build(run, cfg, rank, world)
+    model, wrapped, ref, tok, mask_id, optimizer, got = build(run, cfg, rank, world)
     gen = torch.Generator().manual_seed(rank)
     with phase("rollout", peaks, rss0):
         group = rollouts.sample_group(
@@ -376,16 +419,17 @@ def run_variant(name, rank, world, tmp):
             if run.unsharded_grads:  # the old accumulation: reduce-scatter after the last only
                 model.set_requires_gradient_sync(i == len(batches) - 1)
             hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-            with optimise.micro_step(model, i, len(batches), cfg), \
+            with optimise.micro_step(wrapped, i, len(batches), cfg), \
                     hooks if i == 0 else contextlib.nullcontext():
-                logp = optimise.policy_logp(model, b, 0, cfg.temperature)  # (b, L)
+                logp = optimise.policy_logp(wrapped, b, 0, cfg.temperature)  # (b, L)
                 old, reference_logp = optimise.fixed_logps(b, 0, logp)
                 loss = mdpo.mdpo_loss(logp, old, reference_logp, b.adv, b.loss_mask, cfg.eps,
                                       cfg.beta, n_tokens)
             loss.backward()
     got.update(
         {
-            "gradient shards after train": local_bytes(p.grad for p in model.parameters()),
+            "gradient shards after train": local_bytes(p.grad for p in model.parameters()
+                                                         if p.grad is not None),
             "saved tensors, micro-batch 1": sum(saved.values()),
             "reference root gathered": gathered_bytes(ref),
         }
@@ -394,7 +438,7 @@ def run_variant(name, rank, world, tmp):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    if name in list(VARIANTS)[:2]:
+    if name in list(VARIANTS)[:2] or run.lora_rank:
         with phase("checkpoint", peaks, rss0):
             checkpoint.save(
                 Path(tmp) / "ck", model, tok, optimizer, {"step": 1}, rank, full_weights=True
@@ -426,9 +470,10 @@ def modelled_items(s, run):
         "params": i["params"],
         "ref": i["ref"],
         "adam": i["adam"],
-        "policy root gathered after rollout": i["root"],
+        # FSDP only: a DDP model's parameters are all whole
+        "policy root gathered after rollout": i["root"] if run.fsdp else None,
         "gradient shards after train": i["grads"],
-        "reference root gathered": 0,  # resharded after its forward
+        "reference root gathered": 0 if run.fsdp else None,  # resharded after its forward
         "saved tensors, micro-batch 1": None if run.checkpointing else saved,
     }
 
@@ -526,15 +571,18 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for name, text in [
-        ("world", "GPUs sharing the model under FSDP2"),
+        ("world", "GPUs (FSDP2 shares the model over them; LoRA runs DDP, a base on each)"),
         ("micro_batch", "train.py --micro-batch"),
         ("prompt_len", "longest prompt of a micro-batch, tokens (the paper's CSV: up to ~550)"),
         ("gen_length", "train.py --gen-length"),
         ("steps", "train.py --steps"),
         (
             "rollout_batch",
-            "rows per sampler forward: G x prompts per rank / block sizes (8 x 2 / 2)",
+            "rows per sampler forward: G x prompts per rank / block sizes (default: the paper's "
+            "8 x 16 prompts over --world GPUs, / 2)",
         ),
+        ("rollouts_per_rank", "rollouts a GPU holds (default: the paper's 8 x 16 / --world)"),
+        ("lora_rank", "train.py --lora-rank: the LoRA plan (one GPU, or DDP; no FSDP)"),
         ("eval_batch", "train.py --eval-batch-size"),
         ("gathered_blocks", "blocks FSDP2 holds gathered at once (prefetch depth)"),
         ("reduces_in_flight", "blocks' gradient reduce-scatters FSDP2 has in flight"),
@@ -542,7 +590,7 @@ def main(argv=None):
         p.add_argument(
             f"--{name.replace('_', '-')}",
             type=int,
-            default=getattr(d, name),
+            default=None if name.startswith("rollout") else getattr(d, name),
             help=f"{text} (%(default)s)",
         )
     p.add_argument(
@@ -586,7 +634,11 @@ def main(argv=None):
         "--fp32-gather", action="store_true", help="the old FSDP policy (units gathered in fp32)"
     )
     p.add_argument(
-        "--out", type=Path, default=OUT, help="markdown file written (default results/memory.md)"
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown file written (default results/memory.md; with --lora-rank "
+        "results/memory-lora.md)",
     )
     p.add_argument(
         "--validate",
@@ -596,8 +648,11 @@ def main(argv=None):
     a = vars(p.parse_args(argv))
     if a.pop("validate"):
         return validate()
-    out = a.pop("out")
-    text = report(LLADA_8B, Run(**a))
+    out = a.pop("out") or (OUT.with_name("memory-lora.md") if a["lora_rank"] else OUT)
+    a["rollouts_per_rank"] = a["rollouts_per_rank"] or 8 * 16 // a["world"]
+    a["rollout_batch"] = a["rollout_batch"] or max(a["rollouts_per_rank"] // 2, 1)
+    run = Run(**a, fsdp=not a["lora_rank"])
+    text = lora_report(LLADA_8B, run) if run.lora_rank else report(LLADA_8B, run)
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
