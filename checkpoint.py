@@ -185,8 +185,9 @@ def check_writable(path, what):
         raise ValueError(f"{what} {path}: is a file, not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        (path / ".write-test").touch()
-        (path / ".write-test").unlink()
+        probe = path / f".write-test-{os.getpid()}"  # one per process: every rank checks at once
+        probe.touch()
+        probe.unlink()
     except OSError as e:
         raise ValueError(f"{what} {path}: cannot write there ({e.strerror})") from None
 

@@ -70,7 +70,9 @@ def run_bounded(cmd, timeout, env=None, cwd=None):
     """subprocess.run(cmd, capture_output=True, text=True) that cannot hang: past `timeout` seconds
     the whole process tree is stopped as in kill_tree and the test fails with the stacks it
     printed."""
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}
+    # one torch thread per process: the processes of a test (torchrun's ranks) share 2 cores, and
+    # OpenMP threads that wait on each other make them several times slower
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(
         [str(c) for c in cmd],
         stdout=subprocess.PIPE,
@@ -96,6 +98,7 @@ def _bounded_target(fn, limit_s, rank, *args):
     faulthandler.dump_traceback_later(
         limit_s, exit=True
     )  # a hung child prints its stacks and exits
+    torch.set_num_threads(1)  # the spawned processes share 2 cores (see run_bounded)
     fn(rank, *args)
 
 

@@ -383,7 +383,7 @@ def test_peak_follows_the_phase_that_grows():
 )  # ~70 s on 2 idle cores, ~110 s when shared; faulthandler's limit is 200 s
 def test_two_gloo_ranks_measure_what_the_model_says(tmp_path, monkeypatch):
     """--validate's fp32 variant: 2 gloo ranks run train.py's FSDP2 code (rollouts, a backward, an
-    AdamW step, a checkpoint) on a 7M-parameter toy; every phase's measured peak agrees with the
+    AdamW step, a checkpoint) on a 4M-parameter toy; every phase's measured peak agrees with the
     model."""
     for key in (
         "MALLOC_MMAP_THRESHOLD_",
@@ -391,15 +391,15 @@ def test_two_gloo_ranks_measure_what_the_model_says(tmp_path, monkeypatch):
     ):  # freed blocks leave the resident set
         monkeypatch.setenv(key, "65536")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
-    # a 7M-parameter toy (--validate's has 29M): the same phases, a quarter of the time
-    monkeypatch.setattr(memory_tool, "TOY", dict(vocab_size=2048, d_model=384, n_layers=4,
-                                                 n_heads=6, max_len=128))
+    # a 4M-parameter toy (--validate's has 29M): the same phases, in a fraction of the time
+    monkeypatch.setattr(memory_tool, "TOY", dict(vocab_size=2048, d_model=256, n_layers=4,
+                                                 n_heads=4, max_len=128))
     memory_tool.save_toy(tmp_path)
     spawn_bounded(memory_tool.worker, (2, str(tmp_path), ["fp32"]), nprocs=2, timeout=170)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     peaks = memory_tool.measured_peaks(ranks, ["fp32"])
     assert set(peaks) == {("fp32", ph) for ph in ("rollout", "train", "optimizer", "checkpoint")}
-    assert all(memory_tool.agrees(m, x) for m, x in peaks.values()), peaks
+    assert all(memory_tool.agrees(m, x, slack=4 * memory.MiB) for m, x in peaks.values()), peaks
 
 
 def test_the_paper_preset_fits_under_60_gib_per_gpu_on_8():

@@ -3,7 +3,6 @@ output layer on needed rows only, exact sampling, top-p, tempered confidence, tr
 loading. pytest -q tests/test_sample.py"""
 
 import math
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +14,7 @@ import transformers
 import sample
 import speedups
 import toy
-from conftest import ROOT, NoMaskPrediction, large_weights_toy, run_bounded
+from conftest import NoMaskPrediction, large_weights_toy
 from test_models import tiny_modernbert
 from models import decode_until_eos, encode_prompts, load_model, resolve_mask_id
 from sample import generate
@@ -230,7 +229,7 @@ def test_unknown_mask_id_is_a_clear_error(tmp_path):
     assert resolve_mask_id(NoMask(), model, 126336) == 126336
 
 
-def test_toy_checkpoint_round_trip_and_cli_show(tmp_path, tok):
+def test_toy_checkpoint_round_trip_and_cli_show(tmp_path, tok, capsys):
     torch.manual_seed(0)
     model = toy.ToyMDLM(toy.ToyConfig(n_layers=1, d_model=32))
     model.save_pretrained(tmp_path / "ck")
@@ -239,30 +238,10 @@ def test_toy_checkpoint_round_trip_and_cli_show(tmp_path, tok):
     x = torch.tensor([tok.encode("nums 1 2 3 -> 6")])
     torch.testing.assert_close(loaded(x).logits, model.eval()(x).logits)
     assert tok2.encode("<answer>1</answer>") == [3, tok.ids["1"], 4]
-    out = run_bounded(
-        [
-            sys.executable,
-            ROOT / "sample.py",
-            "--model",
-            tmp_path / "ck",
-            "--prompt",
-            "nums 1 2 3 -> 6",
-            "--gen-length",
-            "8",
-            "--block-length",
-            "8",
-            "--steps",
-            "4",
-            "--remasking",
-            "rcr",
-            "--top-p",
-            "0.95",
-            "--show",
-        ],
-        120,
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    sample.main(["--model", str(tmp_path / "ck"), "--prompt", "nums 1 2 3 -> 6", "--gen-length",
+                 "8", "--block-length", "8", "--steps", "4", "--remasking", "rcr", "--top-p",
+                 "0.95", "--show"])
+    lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("legend: _ = [MASK], · = [EOS], ⏎ = '\\n'")
     assert (
         lines[1].startswith("step   1/4 | ") and lines[1].count("_") == 6

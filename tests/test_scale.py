@@ -26,11 +26,20 @@ CFG = config.Config(
 )
 
 
-def fsdp_worker(rank, world, init_file, out_dir, precision):
+def fsdp_worker(rank, world, init_file, out_dir):
+    """Both precisions in these 2 processes: each rank's results in OUT/fsdp{rank}.json."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    cfg = dataclasses.replace(
-        CFG, precision=precision, model=str(os.path.join(out_dir, "model")), out=out_dir
-    )
+    results = {p: fsdp_run(rank, world, out_dir, p) for p in ("fp32", "bf16")}
+    with open(os.path.join(out_dir, f"fsdp{rank}.json"), "w") as f:
+        json.dump(results, f)
+    distributed.cleanup_distributed()
+
+
+def fsdp_run(rank, world, out_dir, precision):
+    """train.build under FSDP2, mdpo_update's micro-batch loop on 3 micro-batches, an AdamW step, a
+    sharded checkpoint and its reload into a fresh model."""
+    cfg = dataclasses.replace(CFG, precision=precision, model=str(os.path.join(out_dir, "model")),
+                              out=os.path.join(out_dir, precision))
     model, wrapped, ref, tok, mask_id = train.build(cfg, rank, world, torch.device("cpu"))
     batches = fake_batches(3, seed=rank)
     optimise.fix_log_probs(wrapped, ref, batches, cfg, cfg.temperature)
@@ -43,7 +52,7 @@ def fsdp_worker(rank, world, init_file, out_dir, precision):
     totals = mdpo_backward(wrapped, batches, cfg, before_each=record)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     optimizer.step()
-    ck = os.path.join(out_dir, "ck")
+    ck = os.path.join(cfg.out, "ck")
     checkpoint.save(ck, model, tok, optimizer, {"gen": [], "step": 1}, rank, full_weights=False)
     saved = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
     fresh, fresh_wrapped, _, _, _ = train.build(
@@ -61,25 +70,24 @@ def fsdp_worker(rank, world, init_file, out_dir, precision):
         "step": state["step"],
         "moments": len(fresh_opt.state),
     }
-    with open(os.path.join(out_dir, f"fsdp{rank}.json"), "w") as f:
-        json.dump(result, f)
     del model, wrapped, ref, fresh, fresh_wrapped, optimizer, fresh_opt
-    distributed.cleanup_distributed()
+    return result
 
 
-def run_fsdp(tmp_path, precision):
+@pytest.fixture(scope="module")
+def fsdp_results(tmp_path_factory):
+    """Each rank's results of fsdp_run, fp32 and bf16, from one pair of gloo processes."""
+    tmp_path = tmp_path_factory.mktemp("fsdp")
     torch.manual_seed(0)
     toy.ToyMDLM(toy.ToyConfig(n_layers=2, d_model=32)).save_pretrained(tmp_path / "model")
     toy.ToyTokenizer().save_pretrained(tmp_path / "model")
-    spawn_bounded(
-        fsdp_worker, (2, str(tmp_path / "init"), str(tmp_path), precision), nprocs=2, timeout=90
-    )
+    spawn_bounded(fsdp_worker, (2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, timeout=120)
     return [json.loads((tmp_path / f"fsdp{r}.json").read_text()) for r in range(2)]
 
 
 @pytest.mark.slow
-def test_fsdp_gradients_are_sharded_after_every_micro_batch_and_kl_starts_at_zero(tmp_path):
-    for result in run_fsdp(tmp_path, "fp32"):
+def test_fsdp_gradients_are_sharded_after_every_micro_batch_and_kl_starts_at_zero(fsdp_results):
+    for result in (r["fp32"] for r in fsdp_results):
         before_first, before_second, before_third = result["held"]
         assert not any(has for has, _, _ in before_first)
         # after one micro-batch every parameter already holds its reduce-scattered shard (half of it
@@ -101,8 +109,8 @@ def test_fsdp_gradients_are_sharded_after_every_micro_batch_and_kl_starts_at_zer
 
 
 @pytest.mark.slow
-def test_fsdp_bf16_reference_kl_is_exactly_zero_at_the_start(tmp_path):
-    for result in run_fsdp(tmp_path, "bf16"):
+def test_fsdp_bf16_reference_kl_is_exactly_zero_at_the_start(fsdp_results):
+    for result in (r["bf16"] for r in fsdp_results):
         assert result["kl_sum_at_start"] == 0.0
 
 

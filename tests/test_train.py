@@ -1,6 +1,7 @@
 """train.py: DDP gradients, kill-and-resume, a short MDPO run, bad input.
 pytest -q tests/test_train.py"""
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -160,17 +161,63 @@ def weights_after_one_update(world, rank):
     return out
 
 
-def ddp_worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.save(weights_after_one_update(world, rank), os.path.join(out_dir, f"weights{rank}.pt"))
+FSDP_VS_DDP = ["--algo", "sft", "--task", "toy-arith", "--max-updates", "3", "--micro-batch",
+               "8", "--n-train", "40"]
+ONE_THEN_TWO = [*FSDP_VS_DDP[:4], *FSDP_VS_DDP[6:]]  # no --max-updates
+
+
+def two_process_worker(rank, world, ports, out):
+    """What this module checks on 2 gloo processes (started as torchrun would), in one pair of
+    processes: every update function's weights (weights{rank}.pt), then train.py's main three
+    times: DDP, FSDP2, and the resume on 2 processes of a run one process started (its console in
+    resumed{rank}.txt). Each process group meets on a port of its own: a rank that comes back
+    to a port before the other rank has closed its last group there can join the old one."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(ports[0])
+    patched = [(m, n, getattr(m, n)) for m, n in ((updates, "final_rewards"),
+                                                 (rewards, "score_trajectory"),
+                                                 (rollouts, "sample_group"))]
+    dist.init_process_group("gloo")
+    torch.save(weights_after_one_update(world, rank), os.path.join(out, f"weights{rank}.pt"))
     train.distributed.cleanup_distributed()
+    for module, name, real in patched:  # train.py's runs below use the real ones
+        setattr(module, name, real)
+    for name, extra, port in (("ddp", [], ports[1]), ("fsdp", ["--fsdp"], ports[2])):
+        os.environ["MASTER_PORT"] = str(port)
+        train.main([*FSDP_VS_DDP, "--out", os.path.join(out, name), *extra])
+    os.environ["MASTER_PORT"] = str(ports[3])
+    with open(os.path.join(out, f"resumed{rank}.txt"), "w") as f, \
+            contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        train.main([*ONE_THEN_TWO, "--max-updates", "4", "--out",
+                    os.path.join(out, "one-then-two"), "--resume"])
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The folder two_process_worker wrote into, after a one-process run of 2 updates there."""
+    out = tmp_path_factory.mktemp("two-processes")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train.main([*ONE_THEN_TWO, "--max-updates", "2", "--out", str(out / "one-then-two")])
+    finally:
+        torch.set_num_threads(threads)
+    sockets = [socket.socket() for _ in range(4)]  # 4 free ports, one per process group
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    spawn_bounded(two_process_worker, (2, ports, str(out)), nprocs=2, timeout=130)
+    return out
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path, monkeypatch):
+def test_two_gloo_processes_equal_one_process_with_accumulation(two_processes, monkeypatch):
     """Every algorithm's update function: DDP over 2 ranks, 2 prompts and 2 micro-batches each ==
     1 process with 4 prompts and 4 micro-batches (the update's normalisers shared over ranks)."""
-    spawn_bounded(ddp_worker, (2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, timeout=90)
+    tmp_path = two_processes
     for module, name in ((updates, "final_rewards"), (rewards, "score_trajectory"),
                          (rollouts, "sample_group")):
         monkeypatch.setattr(module, name, getattr(module, name))  # restored after this test
@@ -195,7 +242,10 @@ def run_train(*argv, wait=True):
         out = run_bounded(cmd, 240)
         assert out.returncode == 0, out.stderr[-3000:]
         return out
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # one thread, as run_bounded's: a run resumed with another thread count sums in another order
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
 
 
 def logged_steps(out):
@@ -224,15 +274,7 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
         "--n-eval",
         8,
     ]
-    run_train(*common, "--out", tmp_path / "a")
-    assert (tmp_path / "a" / "plot.png").stat().st_size > 0 and (
-        tmp_path / "a" / "best" / "trainer_state.pt"
-    ).exists()
-    rows = [
-        json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()[1:]
-    ]
-    # the starting model (update 0), then every 6 updates
-    assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 6, 12]
+    # run b in its own process, killed mid-way; run a and b's resume here (one thread, as b's)
     proc = run_train(*common, "--out", tmp_path / "b", wait=False)
     deadline = time.time() + 240
     while time.time() < deadline and len(logged_steps(tmp_path / "b")) < 4 and proc.poll() is None:
@@ -243,7 +285,21 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
     assert 4 <= len(killed_at) < 12, f"the run was not killed mid-way: {killed_at}"
     saved = checkpoint.saved_step(tmp_path / "b" / "last")
     assert 2 <= saved < 12  # the resumed run starts from a checkpoint, not from scratch
-    run_train(*common, "--out", tmp_path / "b", "--resume")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train.main([*map(str, common), "--out", str(tmp_path / "a")])
+        train.main([*map(str, common), "--out", str(tmp_path / "b"), "--resume"])
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "a" / "plot.png").stat().st_size > 0 and (
+        tmp_path / "a" / "best" / "trainer_state.pt"
+    ).exists()
+    rows = [
+        json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()[1:]
+    ]
+    # the starting model (update 0), then every 6 updates
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 6, 12]
     assert logged_steps(tmp_path / "b") == list(range(13))  # no step lost or repeated in the log
     a = toy.ToyMDLM.from_pretrained(tmp_path / "a" / "last").state_dict()
     b = toy.ToyMDLM.from_pretrained(tmp_path / "b" / "last").state_dict()
@@ -335,26 +391,14 @@ def test_malformed_training_file_is_a_clear_error(tmp_path, tok):
         )
 
 
-FSDP_VS_DDP = ["--algo", "sft", "--task", "toy-arith", "--max-updates", "3", "--micro-batch",
-               "8", "--n-train", "40"]
-
-
-def ddp_then_fsdp_worker(rank, world, port, out):
-    """train.py's main twice in these 2 processes (started as torchrun would): DDP, then FSDP2."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        train.main([*FSDP_VS_DDP, "--out", os.path.join(out, name), *extra])
-
-
 @pytest.mark.slow
-def test_fsdp_matches_ddp_on_two_gloo_processes(tmp_path):
-    """Two gloo processes: FSDP2 (fully_shard) and DDP take the same updates."""
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    spawn_bounded(ddp_then_fsdp_worker, (2, port, str(tmp_path)), nprocs=2, timeout=120)
+def test_fsdp_matches_ddp_on_two_gloo_processes(two_processes):
+    """Two gloo processes: FSDP2 (fully_shard) and DDP take the same updates; and the two resume a
+    checkpoint that one process wrote (the sampling streams start afresh, and they say so)."""
+    tmp_path = two_processes
+    assert "written by 1 processes, this run has 2" in (tmp_path / "resumed0.txt").read_text()
+    assert logged_steps(tmp_path / "one-then-two") == [1, 2, 3, 4]
+    assert checkpoint.latest(tmp_path / "one-then-two") == tmp_path / "one-then-two" / "last"
     for name in ("ddp", "fsdp"):
         assert logged_steps(tmp_path / name) == [1, 2, 3]
     ddp = toy.ToyMDLM.from_pretrained(tmp_path / "ddp" / "last").state_dict()
