@@ -271,9 +271,9 @@ def from_args(argv=None, description=None):
     return cfg
 
 
-AT_LEAST = dict(lora_rank=0, gen_length=1, steps=1, group_size=2, prompts_per_update=1, top_c=1, beta=0,
-                inner_steps=1, p_mask=0, max_updates=1, micro_batch=1, save_every=1, eval_every=0,
-                eval_batch_size=1, n_train=1, n_eval=1, format_score=0, mask_id=0)
+AT_LEAST = dict(lora_rank=0, gen_length=1, steps=1, group_size=2, prompts_per_update=1, top_c=1,
+                beta=0, inner_steps=1, p_mask=0, max_updates=1, micro_batch=1, save_every=1,
+                eval_every=0, eval_batch_size=1, n_train=1, n_eval=1, format_score=0, mask_id=0)
 
 
 def check(cfg):
