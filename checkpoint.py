@@ -27,13 +27,13 @@ import threading
 import warnings
 from pathlib import Path
 
-import peft
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 import distributed
+import lora
 
 # one process: what every toy run means
 QUIET = "torch.distributed is disabled, unavailable or uninitialized"
@@ -72,7 +72,7 @@ def save(path, model, tok, optimizer, state, rank, full_weights=True):
             warnings.filterwarnings("ignore", message=QUIET)
             dcp.save({"model": weights, "optim": optim}, checkpoint_id=tmp / "dcp",
                      no_dist=not dist.is_initialized())
-        if full_weights and isinstance(model, peft.PeftModel):  # the adapter; its base is --model
+        if full_weights and lora.is_lora_model(model):  # the adapter; its base is --model
             if rank == 0:
                 model.save_pretrained(tmp)
         elif full_weights:

@@ -15,10 +15,10 @@ What train.py and checkpoint.py do with it:
               merged (models.load_model), and `merge` writes that as a plain model directory.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
-import peft
 import torch
 
 import distributed
@@ -44,6 +44,7 @@ def add_adapter(model, rank, alpha, dropout, names=None):
     """The model with LoRA adapters of rank r on target_modules (scaling alpha / r), its own weights
     frozen: a peft.PeftModel. The adapters start at zero (B = 0), so the model computes what the
     base computes until the first step."""
+    import peft  # here, not at the top: its import takes seconds, and only LoRA runs need it
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
                              target_modules=target_modules(model, names))
     wrapped = peft.get_peft_model(model, config)
@@ -71,13 +72,19 @@ def is_adapter(path):
     return (Path(path) / "adapter_config.json").exists()
 
 
+def is_lora_model(model):
+    """True for a model add_adapter wrapped (a peft.PeftModel; peft marks it with peft_config)."""
+    return hasattr(model, "peft_config")
+
+
 def base_of(path):
     """The base model an adapter directory was trained on (its adapter_config.json)."""
-    return peft.PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+    return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
 def merged(base_model, path):
     """base_model with the adapter of directory `path` merged into its weights: a plain model."""
+    import peft
     return peft.PeftModel.from_pretrained(base_model, str(path)).merge_and_unload()
 
 
