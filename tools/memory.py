@@ -5,7 +5,7 @@
                                         tokens (-> results/memory.md)
     python tools/memory.py --validate   2 gloo ranks run train.py's FSDP2 code on a
                                         29M-parameter toy: measured peaks against the model
-                                        (~1 min on 2 cores)
+                                        (~2 min on 2 cores)
 
 The model itself (every tensor of every phase, and its assumptions) is memory.py at the top level,
 which train.py also uses to check a run before it loads a model.
@@ -643,7 +643,8 @@ def main(argv=None):
     p.add_argument(
         "--validate",
         action="store_true",
-        help="measure the toy on 2 CPU ranks against the model (~1 min on 2 cores)",
+        help="measure the toy on 2 CPU ranks against the model (~2 min on 2 cores; every "
+        "phase peak is expected to agree)",
     )
     a = vars(p.parse_args(argv))
     if a.pop("validate"):
