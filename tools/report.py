@@ -16,7 +16,7 @@ import plots
 from tools import accounting
 # reproduce.py and the tests read the runs through report too: report.curve, report.final, ...
 from tools.runlogs import (  # noqa: F401
-    NAMES, binomial_se, curve, difference, final, mean_std, rows, series)
+    NAMES, binomial_se, curve, difference, final, mean_std, series)
 
 COLUMNS = [(10, 16), (10, 8), (40, 16), (40, 8)]  # (block size, steps)
 # The criterion's first registration (reproduce.py's budget was then 48 optimiser steps); its
